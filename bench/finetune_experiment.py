@@ -32,13 +32,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import prompts  # noqa: E402
-from service.config import LocalModelSettings, Settings  # noqa: E402
-from service.protocol import Route, TaskFile, TaskVersion  # noqa: E402
-from service.providers.local import REPETITION_PENALTY  # noqa: E402
+from formwork import prompts  # noqa: E402
+from formwork.assembly import open_core  # noqa: E402
+from formwork.config import LocalModelSettings, Settings  # noqa: E402
+from formwork.protocol import Route, TaskFile, TaskVersion  # noqa: E402
+from formwork.providers.local import REPETITION_PENALTY  # noqa: E402
+from training.adapters import BASE_MODEL, Knobs, RunConfig, publish  # noqa: E402
 from training.dataset import Dataset, Row, read_jsonl  # noqa: E402
-from training.evaluation import Evaluator, RouteReport, service_runner, table  # noqa: E402
-from training.local import BASE_MODEL, Knobs, RunConfig, publish  # noqa: E402
+from training.evaluation import Evaluator, RouteReport, table  # noqa: E402
 
 
 def arguments() -> argparse.Namespace:
@@ -136,15 +137,20 @@ async def evaluate(
         )
         for model in (f"local/{BASE_MODEL}", f"local/{BASE_MODEL}+{adapter}")
     ]
-    local = None
-    if args.repetition_penalty is not None:
-        from service.providers.local import LocalProvider
+    if args.repetition_penalty is None:
+        async with open_core(settings, record=False) as core:
+            evaluator = Evaluator(core.runner, progress=True)
+            return [await evaluator.route(task, route, rows) for route in routes]
+    from formwork.providers.local import LocalProvider
 
-        local = LocalProvider(settings.local, repetition_penalty=args.repetition_penalty)
-        await asyncio.to_thread(local.load)
-    async with service_runner(settings, local=local) as runner:
-        evaluator = Evaluator(runner, progress=True)
-        return [await evaluator.route(task, route, rows) for route in routes]
+    local = LocalProvider(settings.local, repetition_penalty=args.repetition_penalty)
+    await asyncio.to_thread(local.load)
+    try:
+        async with open_core(settings, local=local, record=False) as core:
+            evaluator = Evaluator(core.runner, progress=True)
+            return [await evaluator.route(task, route, rows) for route in routes]
+    finally:
+        await local.aclose()
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -26,13 +26,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-from service.config import LocalModelSettings
-from service.parsing import extract_json
-from service.prompts import MAX_FEW_SHOT, instructed_messages
-from service.protocol import JsonSchema, TaskFile
-from service.providers.base import ChatRequest, Message
-from service.providers.grammar import GrammarMask, compile_schema, schema_key
-from service.providers.local import (
+from formwork.config import LocalModelSettings
+from formwork.parsing import extract_json
+from formwork.prompts import MAX_FEW_SHOT, instructed_messages
+from formwork.protocol import JsonSchema, TaskFile
+from formwork.providers.base import ChatRequest, Message
+from formwork.providers.grammar import GrammarMask, compile_schema, schema_key
+from formwork.providers.local import (
     MODEL_ID,
     REPETITION_PENALTY,
     CompletionPenalty,

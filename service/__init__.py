@@ -1,1 +1,1 @@
-"""Formwork: JSON you can trust from language models."""
+"""The HTTP shell: app factory, middleware, routes, dependencies and the ``formwork`` CLI."""

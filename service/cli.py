@@ -7,7 +7,6 @@ http://127.0.0.1:8000) with ``--key`` (``FORMWORK_API_KEY``) when the server wan
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -17,18 +16,9 @@ from typing import Any
 
 import httpx
 
-from .auth import new_key
+from formwork.auth import new_key
 
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from .middleware import is_loopback
 
 
 class Client:
@@ -81,7 +71,7 @@ def emit(value: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .config import Settings
+    from formwork.config import Settings
 
     settings = Settings()
     insecure = args.insecure_no_auth or settings.insecure_no_auth

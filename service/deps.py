@@ -6,70 +6,63 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 
+from formwork.auth import Keys
+from formwork.config import Scope, Settings
+from formwork.metrics import Metrics
+from formwork.protocol import TASK_NAME
+from formwork.providers import Providers
+from formwork.registry import Registry
+from formwork.runner import Runner
+from formwork.store import Store
+from training.assembly import Services
 from training.jobs import JobManager
 from training.launcher import Launcher
 
-from .auth import Keys
-from .config import Scope, Settings
-from .metrics import Metrics
-from .providers import Providers
-from .registry import Registry
-from .router import Runner
-from .store import Store
-
 
 @dataclass(frozen=True, slots=True)
-class Services:
+class AppState:
+    """What the lifespan opened, and the keys that guard it."""
+
     settings: Settings
-    store: Store
-    registry: Registry
-    providers: Providers
-    metrics: Metrics
-    runner: Runner
+    services: Services
     keys: Keys
-    launcher: Launcher
 
 
-def _services(request: Request) -> Services:
-    found: Services = request.app.state.services
+def _state(request: Request) -> AppState:
+    found: AppState = request.app.state.formwork
     return found
 
 
-async def services(request: Request) -> Services:
-    return _services(request)
-
-
 async def get_registry(request: Request) -> Registry:
-    return _services(request).registry
+    return _state(request).services.core.registry
 
 
 async def get_runner(request: Request) -> Runner:
-    return _services(request).runner
+    return _state(request).services.core.runner
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return _services(request).metrics
+    return _state(request).services.core.metrics
 
 
 async def get_store(request: Request) -> Store:
-    return _services(request).store
+    return _state(request).services.core.store
 
 
 async def get_providers(request: Request) -> Providers:
-    return _services(request).providers
+    return _state(request).services.core.providers
 
 
 async def get_launcher(request: Request) -> Launcher:
-    return _services(request).launcher
+    return _state(request).services.launcher
 
 
 async def get_jobs(request: Request) -> JobManager:
-    return _services(request).launcher.jobs
+    return _state(request).services.jobs
 
 
-ServicesDep = Annotated[Services, Depends(services)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
@@ -77,6 +70,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 
 
 def require(scope: Scope) -> Callable[..., Awaitable[str | None]]:
@@ -85,7 +79,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[str | None]]:
     async def check(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> str | None:
-        return _services(request).keys.check(authorization, scope)
+        return _state(request).keys.check(authorization, scope)
 
     return check
 

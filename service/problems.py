@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from pydantic import JsonValue
 from starlette.exceptions import HTTPException
 
-from . import logs
-from .errors import PROBLEM_BASE, FormworkError, InvalidInput
-from .validation import json_path
+from formwork import logs
+from formwork.errors import PROBLEM_BASE, FormworkError, InvalidInput
+from formwork.validation import json_path
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"

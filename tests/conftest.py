@@ -23,7 +23,7 @@ from tests.upstream import Upstream
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-    from service.config import Settings
+    from formwork.config import Settings
 
 TEST_REDIS_ENV = "FORMWORK_TEST_REDIS_URL"
 
@@ -33,14 +33,14 @@ def _isolated_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """No FORMWORK_* variable (but FORMWORK_TEST_*) and no formwork.toml reach a test."""
-    from service.config import Settings
+    from formwork.config import Settings
 
     for name in list(os.environ):
         if name.startswith("FORMWORK_") and not name.startswith("FORMWORK_TEST_"):
             monkeypatch.delenv(name)
     absent = tmp_path_factory.getbasetemp() / "absent-formwork.toml"
     monkeypatch.setenv("FORMWORK_CONFIG", str(absent))
-    # The toml path is read when service.config is imported; point it away for this test.
+    # The toml path is read when formwork.config is imported; point it away for this test.
     monkeypatch.setitem(Settings.model_config, "toml_file", absent)
 
 
@@ -89,7 +89,7 @@ def upstream(upstream_server: Upstream) -> Upstream:
 @pytest.fixture
 def settings(redis_url: str, upstream: Upstream, tmp_path: Path) -> Settings:
     """Explicit settings: the test Redis, the upstream as provider ``up``, no local model."""
-    from service.config import LocalModelSettings, ProviderSettings, Settings
+    from formwork.config import LocalModelSettings, ProviderSettings, Settings
 
     schemas_dir = tmp_path / "schemas"
     schemas_dir.mkdir()

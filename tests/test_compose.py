@@ -5,6 +5,7 @@ There is no Docker engine to run them here, so these read the files and check th
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,19 @@ def test_dockerignore_keeps_local_state_out_of_the_image():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", ".env", "var", "tests"):
         assert entry in ignored
+
+
+def test_the_image_copies_every_package_the_build_includes() -> None:
+    """A package left out of the Dockerfile installs an image that fails at import."""
+    root = Path(__file__).resolve().parent.parent
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    packages = sorted(name.rstrip("*") for name in include)
+    copied = {
+        line.split()[1]
+        for line in (root / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    }
+    assert packages == ["formwork", "service", "training"]
+    assert set(packages) <= copied

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, JsonValue
 
-from service.errors import InvalidInput
-from service.protocol import TaskSpec
-from service.validation import Validators
+from formwork.errors import InvalidInput
+from formwork.protocol import TaskSpec
+from formwork.validation import Validators
 
 from .dataset import Dataset, Row, input_key
 

@@ -21,19 +21,18 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from service.config import Settings
-from service.errors import FormworkError
-from service.metrics import Metrics
-from service.protocol import TaskFile, TaskSpec
-from service.registry import Registry
-from service.store import Store
-from service.validation import Validators
+from formwork.assembly import Core, open_core
+from formwork.config import Settings
+from formwork.errors import FormworkError
+from formwork.protocol import TaskFile, TaskSpec
+from formwork.validation import Validators
 
+from .assembly import open_services
 from .cost import Estimate
 from .dataset import harvest, write_rows
 from .evaluation import add_eval_action
 from .jobs import FinetuneJob, Hyperparameters, JobManager
-from .launcher import Launcher, Prepared
+from .launcher import DatasetBuilder, Prepared, gather_rows
 from .promotion import add_promote_action
 from .protocol import FinetuneRequest, Source
 
@@ -66,24 +65,15 @@ def base_model(args: argparse.Namespace) -> str:
     return model
 
 
-async def load_spec(args: argparse.Namespace, store: Store | None) -> TaskSpec:
+async def load_spec(args: argparse.Namespace, core: Core | None) -> TaskSpec:
     if args.file is not None:
         task = TaskFile.model_validate_json(args.file.read_text())
         if task.name != args.task:
             raise SystemExit(f"formwork: {args.file} defines task {task.name!r}, not {args.task!r}")
-        return TaskSpec.model_validate(task.model_dump(exclude={"name"}))
-    if store is None:
+        return task.spec()
+    if core is None:
         raise SystemExit("formwork: give --file, or let the command reach Redis")
-    return await Registry(store, Validators(), refresh_s=0).get(args.task)
-
-
-def metrics_of(store: Store, settings: Settings) -> Metrics:
-    return Metrics(
-        store,
-        flush_s=settings.metrics_flush_s,
-        failures_kept=settings.failures_kept,
-        request_log_kept=settings.request_log_kept,
-    )
+    return await core.registry.get(args.task)
 
 
 def source_of(args: argparse.Namespace) -> Source:
@@ -92,14 +82,30 @@ def source_of(args: argparse.Namespace) -> Source:
     )
 
 
-async def prepared(
-    args: argparse.Namespace, settings: Settings, store: Store | None
-) -> tuple[Launcher, Prepared]:
-    spec = await load_spec(args, store)
-    metrics = metrics_of(store, settings) if store is not None and args.harvest else None
-    launcher = Launcher(settings.training, Validators(), metrics=metrics)
-    rows = await launcher.rows(args.task, spec, source_of(args), files=args.jsonl)
-    ready = launcher.prepare(
+@asynccontextmanager
+async def maybe_core(args: argparse.Namespace, settings: Settings) -> AsyncIterator[Core | None]:
+    """The core (no model, nothing recorded) when the command needs Redis, else None."""
+    if not needs_redis(args):
+        yield None
+        return
+    async with open_core(settings, local="skip", record=False) as core:
+        yield core
+
+
+async def prepared(args: argparse.Namespace, settings: Settings) -> tuple[DatasetBuilder, Prepared]:
+    async with maybe_core(args, settings) as core:
+        spec = await load_spec(args, core)
+        rows = await gather_rows(
+            args.task,
+            spec,
+            source_of(args),
+            files=args.jsonl,
+            metrics=core.metrics if core else None,
+            harvest_limit=settings.training.harvest_limit,
+        )
+    builder = DatasetBuilder(settings.training, Validators())
+    ready = await asyncio.to_thread(
+        builder.prepare,
         args.task,
         spec,
         rows,
@@ -107,7 +113,7 @@ async def prepared(
         fraction=args.validation_fraction,
         seed=args.seed,
     )
-    return launcher, ready
+    return builder, ready
 
 
 def needs_redis(args: argparse.Namespace) -> bool:
@@ -182,18 +188,6 @@ def print_job(job: FinetuneJob) -> None:
         print(f"  error: {job.error}")
 
 
-@asynccontextmanager
-async def open_launcher(settings: Settings) -> AsyncIterator[tuple[Launcher, Store]]:
-    """A launcher on its own Redis connection, closed (jobs, then store) on the way out."""
-    store = Store.from_settings(settings)
-    launcher = Launcher.from_settings(settings, store, Validators(), metrics_of(store, settings))
-    try:
-        yield launcher, store
-    finally:
-        await launcher.jobs.aclose()
-        await store.aclose()
-
-
 async def follow(jobs: JobManager, job: FinetuneJob, *, interval_s: float) -> FinetuneJob:
     """A progress bar and a line on every status change, until the job is final."""
     last = job
@@ -212,14 +206,9 @@ async def follow(jobs: JobManager, job: FinetuneJob, *, interval_s: float) -> Fi
 
 
 async def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
-    store = Store.from_settings(settings) if needs_redis(args) else None
-    try:
-        launcher, ready = await prepared(args, settings, store)
-    finally:
-        if store is not None:
-            await store.aclose()
+    builder, ready = await prepared(args, settings)
     print_checks(ready)
-    print_stats(ready, ready.estimate(launcher.tables))
+    print_stats(ready, ready.estimate(builder.tables))
     if not ready.report.ok:
         return 1
     files = ready.dataset.write(args.out, stem=args.task)
@@ -229,13 +218,8 @@ async def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_estimate(args: argparse.Namespace, settings: Settings) -> int:
-    store = Store.from_settings(settings) if needs_redis(args) else None
-    try:
-        launcher, ready = await prepared(args, settings, store)
-    finally:
-        if store is not None:
-            await store.aclose()
-    estimate = ready.estimate(launcher.tables, compare_model=args.compare_model, epochs=args.epochs)
+    builder, ready = await prepared(args, settings)
+    estimate = ready.estimate(builder.tables, compare_model=args.compare_model, epochs=args.epochs)
     if args.json:
         print(
             json.dumps({"estimate": estimate.model_dump(), **ready.report.model_dump()}, indent=2)
@@ -248,17 +232,14 @@ async def cmd_estimate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_harvest(args: argparse.Namespace, settings: Settings) -> int:
-    store = Store.from_settings(settings)
-    try:
+    async with open_core(settings, local="skip", record=False) as core:
         rows = await harvest(
-            metrics_of(store, settings),
+            core.metrics,
             args.task,
             model=args.model,
             version=args.version,
             limit=args.limit or settings.training.harvest_limit,
         )
-    finally:
-        await store.aclose()
     out = args.out or Path(f"{args.task}.harvest.jsonl")
     write_rows(out, rows)
     models = sorted({row.model or "?" for row in rows})
@@ -308,41 +289,37 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         source=source_of(args),
     )
-    async with open_launcher(settings) as (launcher, store):
-        spec = await load_spec(args, store)
-        job, created, ready = await launcher.launch(args.task, spec, request, files=args.jsonl)
-        for problem in ready.report.warnings:
+    async with open_services(settings, local="skip") as services:
+        spec = await load_spec(args, services.core)
+        launched = await services.launcher.launch(args.task, spec, request, files=args.jsonl)
+        for problem in launched.warnings:
             print(problem)
-        print(("started " if created else "already started: ") + job.id)
+        job = launched.job
+        print(("started " if launched.created else "already started: ") + job.id)
         print_job(job)
         if args.wait and not job.final:
-            print_job(
-                await follow(
-                    launcher.jobs,
-                    job,
-                    interval_s=args.interval or settings.training.poll_interval_s,
-                )
-            )
+            interval_s = args.interval or settings.training.poll_interval_s
+            print_job(await follow(services.jobs, job, interval_s=interval_s))
     return 0
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_launcher(settings) as (launcher, _store):
-        job = await launcher.jobs.refresh(args.job)
+    async with open_services(settings, local="skip") as services:
+        jobs = services.jobs
+        job = await jobs.refresh(args.job)
         if args.wait and not job.final:
-            job = await follow(
-                launcher.jobs, job, interval_s=args.interval or settings.training.poll_interval_s
-            )
+            interval_s = args.interval or settings.training.poll_interval_s
+            job = await follow(jobs, job, interval_s=interval_s)
         print_job(job)
         if args.events:
-            for event in await launcher.jobs.events(job.id, limit=args.events):
+            for event in await jobs.events(job.id, limit=args.events):
                 print(f"  {event.level:<5} {event.message}")
     return 0
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_launcher(settings) as (launcher, _store):
-        print_job(await launcher.jobs.cancel(args.job))
+    async with open_services(settings, local="skip") as services:
+        print_job(await services.jobs.cancel(args.job))
     return 0
 
 

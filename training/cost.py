@@ -10,19 +10,17 @@ and the training cost give the number of requests after which the fine-tune has 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from service import prompts
-from service.config import ModelPrice, TrainingSettings
-from service.protocol import TaskSpec
+from formwork import prompts
+from formwork.config import ModelPrice, TrainingSettings
+from formwork.protocol import TaskSpec
 
 from .dataset import Dataset
-from .tokens import TokenCounter, counter_for
+from .tokens import TokenCounter, by_prefix, counter_for
 
-V = TypeVar("V")
 MILLION = 1_000_000
 
 # Per-example token limits by model-name prefix (OpenAI fine-tuning guide; longest prefix wins).
@@ -75,13 +73,6 @@ def default_epochs(examples: int) -> int:
     if examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
         return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // examples)
     return TARGET_EPOCHS
-
-
-def by_prefix(table: Mapping[str, V], model: str) -> V | None:
-    """The entry for the longest prefix of ``model`` (an ``ft:`` name counts as its base)."""
-    base = model.removeprefix("ft:").split(":", 1)[0]
-    matches = [prefix for prefix in table if base.startswith(prefix)]
-    return table[max(matches, key=len)] if matches else None
 
 
 class Tables:
@@ -158,6 +149,33 @@ def _mean(values: Sequence[int]) -> float:
     return round(sum(values) / len(values), 2) if values else 0.0
 
 
+def _request_tokens(
+    dataset: Dataset, spec: TaskSpec, counter: TokenCounter, compare_counter: TokenCounter
+) -> tuple[float, float, float]:
+    """Mean tokens of an instructed prompt, a fine-tuned prompt and an answer."""
+    rows = dataset.train
+    instructed = [
+        compare_counter.messages(prompts.instructed_messages(spec, row.input)) for row in rows
+    ]
+    finetuned = [
+        counter.messages(prompts.finetuned_messages(dataset.task, row.input)) for row in rows
+    ]
+    outputs = [counter.text(prompts.render_output(row.output)) for row in rows]
+    return _mean(instructed), _mean(finetuned), _mean(outputs)
+
+
+def _break_even(
+    training: float | None, instructed: float | None, finetuned: float | None
+) -> tuple[float | None, int | None]:
+    """The saving per request and the requests that pay the training back (None: never)."""
+    if instructed is None or finetuned is None:
+        return None, None
+    saving = instructed - finetuned
+    if saving > 0 and training is not None:
+        return saving, math.ceil(training / saving)
+    return saving, None
+
+
 def estimate(
     dataset: Dataset,
     spec: TaskSpec,
@@ -183,15 +201,7 @@ def estimate(
     trained = billed * n_epochs
     price, compare_price = tables.price(base_model), tables.price(compare_model)
 
-    rows = dataset.train
-    instructed = [
-        compare_counter.messages(prompts.instructed_messages(spec, row.input)) for row in rows
-    ]
-    finetuned = [
-        counter.messages(prompts.finetuned_messages(dataset.task, row.input)) for row in rows
-    ]
-    outputs = [counter.text(prompts.render_output(row.output)) for row in rows]
-    i_tokens, f_tokens, o_tokens = _mean(instructed), _mean(finetuned), _mean(outputs)
+    i_tokens, f_tokens, o_tokens = _request_tokens(dataset, spec, counter, compare_counter)
 
     training_cost = None if price is None else trained * price.training / MILLION
     cost_instructed = (
@@ -204,12 +214,7 @@ def estimate(
         if price is None
         else (f_tokens * price.finetuned_input + o_tokens * price.finetuned_output) / MILLION
     )
-    saving = None
-    break_even = None
-    if cost_instructed is not None and cost_finetuned is not None:
-        saving = cost_instructed - cost_finetuned
-        if saving > 0 and training_cost is not None:
-            break_even = math.ceil(training_cost / saving)
+    saving, break_even = _break_even(training_cost, cost_instructed, cost_finetuned)
     return Estimate(
         base_model=base_model,
         train_examples=len(dataset.train),

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
-from service import prompts
-from service.errors import InvalidInput
-from service.metrics import Metrics
-from service.protocol import TaskSpec
-from service.providers.base import Message
+from formwork import prompts
+from formwork.errors import InvalidInput
+from formwork.metrics import Metrics
+from formwork.protocol import TaskSpec
+from formwork.providers.base import Message
 
 from .jobs import DatasetFiles
 

@@ -1,10 +1,11 @@
 """Held-out evaluation: a candidate route against the task's current one, on the service's path.
 
-Every case goes through ``Runner._try_route``, the code that serves a route in production
-(prompt, call, extract, parse, validate, re-ask), on a ``Runner`` built from the service's own
-pieces, with no cache and no single-flight in the way. Each answer is then scored against the
-expected output: schema-valid (after the route's re-asks, and at the first attempt), exact match,
-and per top-level field. The attempts' usage gives the prompt tokens a request costs.
+Every case goes through ``Runner.try_route``, the code that serves a route in production
+(prompt, call, extract, parse, validate, re-ask), on the ``Runner`` that ``open_core``
+assembles as it does for the service, with no cache and no single-flight in the way. Each answer
+is then scored against the expected output: schema-valid (after the route's re-asks, and at the
+first attempt), exact match, and per top-level field. The attempts' usage gives the prompt
+tokens a request costs.
 
 ``formwork train eval TASK --candidate MODEL --test FILE`` prints the two side by side.
 """
@@ -17,26 +18,18 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, JsonValue
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from service.cache import Cache
-from service.config import Settings
-from service.errors import InvalidInput
-from service.flight import SingleFlight
-from service.metrics import Metrics
-from service.protocol import VALID_OUTCOMES, Outcome, Route, TaskVersion
-from service.providers import Providers
-from service.providers.base import Provider
-from service.registry import Registry
-from service.router import Run, Runner
-from service.store import Store
-from service.validation import Validators
+from formwork.assembly import Core, open_core
+from formwork.config import Settings
+from formwork.errors import InvalidInput
+from formwork.protocol import VALID_OUTCOMES, Outcome, Route, TaskVersion
+from formwork.runner import Runner
 
 from .dataset import Row, read_jsonl
 
@@ -131,19 +124,14 @@ class Evaluator:
         self.concurrency = concurrency
         self.progress = progress
 
-    def current_route(self, task: TaskVersion) -> Route:
-        """The route the service tries first for this task here (the default when none)."""
-        return self.runner.providers.chain(task.routes)[0]
-
     async def case(self, task: TaskVersion, route: Route, row: Row) -> CaseResult:
         runner = self.runner
-        run = Run(task, f"eval-{uuid.uuid4().hex[:12]}", time.monotonic() + runner.deadline_s)
-        validator = runner.validators.get(task.output_schema)
+        run = runner.new_run(task, request_id=f"eval-{uuid.uuid4().hex[:12]}")
         output: JsonValue = None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(runner.deadline_s):
-                output = await runner._try_route(run, route, row.input, validator)
+                output = await runner.try_route(run, route, row.input)
         except TimeoutError:
             pass  # the attempt the deadline cut is recorded as a timeout
         latency_ms = (time.perf_counter() - started) * 1000
@@ -184,7 +172,7 @@ class Evaluator:
     async def compare(
         self, task: TaskVersion, candidate: Route, rows: Sequence[Row], *, test: str = ""
     ) -> Comparison:
-        current = self.current_route(task)
+        current = self.runner.first_route(task)
         return Comparison(
             task=task.name,
             version=task.version,
@@ -195,52 +183,16 @@ class Evaluator:
 
     def check_inputs(self, task: TaskVersion, rows: Sequence[Row]) -> None:
         """The service answers 422 to an input its schema refuses; a test row must not be one."""
-        if task.input_schema is None:
-            return
-        validator = self.runner.validators.get(task.input_schema)
         errors: list[JsonValue] = [
             {"path": row.source, "message": f"{e.path}: {e.message}"}
             for row in rows
-            for e in validator.errors(row.input)
+            for e in self.runner.input_errors(task, row.input)
         ]
         if errors:
             raise InvalidInput(
                 f"{len(errors)} test input(s) fail task {task.name!r}'s input_schema",
                 errors=errors,
             )
-
-
-@asynccontextmanager
-async def service_runner(
-    settings: Settings, *, local: Provider | None = None
-) -> AsyncIterator[Runner]:
-    """A ``Runner`` assembled as the app's lifespan assembles it (the local model included,
-    unless ``local`` is given, loaded, in its place).
-
-    Its metrics are never flushed, so evaluation calls stay out of the task's stats.
-    """
-    from service.app import start_local
-
-    store = Store.from_settings(settings)
-    validators = Validators()
-    local = local or await start_local(settings)
-    providers = Providers.from_settings(settings, local=local)
-    cache = Cache(store)
-    runner = Runner(
-        Registry(store, validators, refresh_s=0),
-        providers,
-        cache,
-        SingleFlight(store, cache),
-        Metrics(store, flush_s=3600, failures_kept=10, request_log_kept=0),
-        validators,
-        deadline_s=settings.request_deadline_s,
-        retry_after_max_s=settings.retry_after_max_s,
-    )
-    try:
-        yield runner
-    finally:
-        await providers.aclose()
-        await store.aclose()
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -326,16 +278,16 @@ def candidate_route(args: argparse.Namespace) -> Route:
     )
 
 
-async def compare_from_args(args: argparse.Namespace, runner: Runner) -> Comparison:
-    task = await runner.registry.get(args.task)
-    rows = read_jsonl(args.test)
-    evaluator = Evaluator(runner, concurrency=args.concurrency, progress=True)
+async def compare_from_args(args: argparse.Namespace, core: Core) -> Comparison:
+    task = await core.registry.get(args.task)
+    rows = await asyncio.to_thread(read_jsonl, args.test)
+    evaluator = Evaluator(core.runner, concurrency=args.concurrency, progress=True)
     return await evaluator.compare(task, candidate_route(args), rows, test=str(args.test))
 
 
 async def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    async with service_runner(settings) as runner:
-        comparison = await compare_from_args(args, runner)
+    async with open_core(settings, record=False) as core:
+        comparison = await compare_from_args(args, core)
     print(comparison.model_dump_json(indent=2) if args.json else render(comparison))
     return 0
 

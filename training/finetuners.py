@@ -1,20 +1,18 @@
 """The fine-tuners this process can use, by provider name.
 
-Each entry builds one ``FineTuner`` from the settings, or None when it cannot run here. ``local``
-is ``training.local.LocalFineTuner.from_settings``, imported only when it is built and the
-embedded model (which serves its adapters) is enabled: without that module's dependencies (the
-``local`` extra: torch, peft…) there is no local fine-tuning.
+Each entry builds one ``FineTuner`` from the settings, or None when it cannot run here: OpenAI's
+when its provider is configured; ``local`` when the embedded model (which serves its adapters)
+is enabled and the training packages are installed (``training.local.missing``).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
-from typing import cast
 
-from service.config import Settings
+from formwork.config import Settings
 
+from . import local
 from .jobs import FineTuner
 from .openai import OpenAIFineTuner
 
@@ -32,13 +30,11 @@ def openai_finetuner(settings: Settings) -> FineTuner | None:
 def local_finetuner(settings: Settings) -> FineTuner | None:
     if not settings.local.enabled:
         return None  # no embedded model to serve the adapters
-    try:
-        module = importlib.import_module("training.local")
-    except ImportError as e:
-        log.info("local fine-tuning unavailable: %s", e)
+    absent = local.missing()
+    if absent:
+        log.info("local fine-tuning unavailable: %s not installed", ", ".join(absent))
         return None
-    build = cast(Callable[[Settings], FineTuner], module.LocalFineTuner.from_settings)
-    return build(settings)
+    return local.LocalFineTuner.from_settings(settings)
 
 
 FACTORIES: dict[str, Callable[[Settings], FineTuner | None]] = {

@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from service import keys
-from service.errors import FormworkError, InvalidInput, Unavailable
-from service.store import Store, StoreDown
+from formwork import keys
+from formwork.errors import FormworkError, InvalidInput, Unavailable
+from formwork.store import Store, StoreDown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -319,15 +319,16 @@ class JobManager:
         return await self._apply(job, state)
 
     async def of_task(self, task: str, *, limit: int = 100) -> list[FinetuneJob]:
-        """A task's jobs, newest first, refreshed."""
-        ids = await self._redis(lambda r: r.zrevrange(keys.finetunes_of(task), 0, limit - 1))
-        jobs = []
-        for job_id in ids:
-            try:
-                jobs.append(await self.refresh(str(job_id)))
-            except JobNotFound:
-                continue  # expired
-        return jobs
+        """A task's jobs, newest first, as last seen (``refresh`` brings one up to date)."""
+
+        async def read(r: Redis) -> list[dict[str, str]]:
+            ids = await r.zrevrange(keys.finetunes_of(task), 0, limit - 1)
+            pipe = r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(keys.finetune(str(job_id)))
+            return cast(list[dict[str, str]], await pipe.execute())
+
+        return [_decode(fields) for fields in await self._redis(read) if fields]  # none: expired
 
     async def events(self, job_id: str, *, limit: int = 20) -> list[JobEvent]:
         job = await self.get(job_id)
@@ -376,7 +377,7 @@ class JobManager:
 
     async def _redis(self, op: Callable[[Redis], Awaitable[T]]) -> T:
         try:
-            return await self._store.run(op)
+            return await self._store.call(op)
         except StoreDown as e:
             raise Unavailable("fine-tune records are unavailable; try again shortly") from e
 

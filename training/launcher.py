@@ -5,20 +5,20 @@ The API and the CLI share this path, so a dataset is checked the same way wherev
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.config import Settings, TrainingSettings
-from service.metrics import Metrics
-from service.protocol import TaskSpec
-from service.store import Store
-from service.validation import Validators
+from formwork.config import TrainingSettings
+from formwork.errors import InvalidInput
+from formwork.metrics import Metrics
+from formwork.protocol import TaskSpec
+from formwork.validation import Validators
 
 from . import checks
-from .checks import Report
+from .checks import Problem, Report
 from .cost import Estimate, Tables, estimate
 from .dataset import Dataset, Row, from_examples, harvest, merge, read_jsonl, split
-from .finetuners import build_finetuners
 from .jobs import FinetuneJob, JobManager
 from .protocol import FinetuneRequest, Source
 from .tokens import counter_for
@@ -48,50 +48,13 @@ class Prepared:
         )
 
 
-class Launcher:
-    def __init__(
-        self,
-        settings: TrainingSettings,
-        validators: Validators,
-        *,
-        metrics: Metrics | None = None,
-        jobs: JobManager | None = None,
-    ) -> None:
+class DatasetBuilder:
+    """Splits, counts and checks rows into a ``Prepared`` dataset: CPU work, no I/O."""
+
+    def __init__(self, settings: TrainingSettings, validators: Validators) -> None:
         self.settings = settings
         self.tables = Tables(settings)
         self._validators = validators
-        self._metrics = metrics
-        self._jobs = jobs
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, store: Store, validators: Validators, metrics: Metrics
-    ) -> Launcher:
-        """The service's launcher, with every fine-tuner that can run here."""
-        jobs = JobManager(store, build_finetuners(settings))
-        return cls(settings.training, validators, metrics=metrics, jobs=jobs)
-
-    @property
-    def jobs(self) -> JobManager:
-        if self._jobs is None:
-            raise RuntimeError("starting and tracking jobs needs a JobManager")
-        return self._jobs
-
-    async def rows(
-        self, task: str, spec: TaskSpec, source: Source, *, files: list[Path] | None = None
-    ) -> list[Row]:
-        """The task's examples, then the JSONL files, then harvested runs they lack."""
-        given = from_examples(spec) if source.examples else []
-        for path in files or []:
-            given += read_jsonl(path)
-        if not source.harvest:
-            return given
-        if self._metrics is None:
-            raise RuntimeError("harvesting needs the request log (metrics)")
-        logged = await harvest(
-            self._metrics, task, model=source.harvest_model, limit=self.settings.harvest_limit
-        )
-        return merge(given, logged)
 
     def prepare(
         self,
@@ -122,6 +85,47 @@ class Launcher:
         )
         return Prepared(spec, dataset, counts, report, base_model)
 
+
+async def gather_rows(
+    task: str,
+    spec: TaskSpec,
+    source: Source,
+    *,
+    files: list[Path] | None = None,
+    metrics: Metrics | None = None,
+    harvest_limit: int,
+) -> list[Row]:
+    """The task's examples, then the JSONL files, then harvested runs they lack (harvesting
+    reads the request log through ``metrics``)."""
+    given = from_examples(spec) if source.examples else []
+    for path in files or []:
+        given += await asyncio.to_thread(read_jsonl, path)
+    if not source.harvest:
+        return given
+    if metrics is None:
+        raise InvalidInput(
+            "harvesting needs the request log in Redis",
+            errors=[{"path": "$.source.harvest", "message": "no request log here"}],
+        )
+    logged = await harvest(metrics, task, model=source.harvest_model, limit=harvest_limit)
+    return merge(given, logged)
+
+
+@dataclass(frozen=True, slots=True)
+class Launched:
+    job: FinetuneJob
+    created: bool  # False: the job this dataset already had
+    warnings: list[Problem]
+
+
+class Launcher:
+    """From a task to a running fine-tune job; dataset work runs off the event loop."""
+
+    def __init__(self, builder: DatasetBuilder, metrics: Metrics, jobs: JobManager) -> None:
+        self.builder = builder
+        self.metrics = metrics
+        self.jobs = jobs
+
     async def launch(
         self,
         task: str,
@@ -129,11 +133,20 @@ class Launcher:
         request: FinetuneRequest,
         *,
         files: list[Path] | None = None,
-    ) -> tuple[FinetuneJob, bool, Prepared]:
+    ) -> Launched:
         """Check, write and start; InvalidInput (422) names every failed check."""
         self.jobs.finetuner(request.provider)  # an unknown provider fails before any work
-        rows = await self.rows(task, spec, request.source, files=files)
-        prepared = self.prepare(
+        settings = self.builder.settings
+        rows = await gather_rows(
+            task,
+            spec,
+            request.source,
+            files=files,
+            metrics=self.metrics,
+            harvest_limit=settings.harvest_limit,
+        )
+        prepared = await asyncio.to_thread(
+            self.builder.prepare,
             task,
             spec,
             rows,
@@ -142,11 +155,11 @@ class Launcher:
             seed=request.seed,
         )
         prepared.report.raise_for_errors()
-        stored = prepared.dataset.write(self.settings.data_dir / task)
+        stored = await asyncio.to_thread(prepared.dataset.write, settings.data_dir / task)
         job, created = await self.jobs.start(
             stored,
             provider=request.provider,
             base_model=request.base_model,
             hyperparameters=request.hyperparameters,
         )
-        return job, created, prepared
+        return Launched(job, created, prepared.report.warnings)

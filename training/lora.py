@@ -22,11 +22,11 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from service.providers.base import ProviderError
-from service.providers.local import gguf_path
+from formwork.providers.base import ProviderError
+from formwork.providers.local import gguf_path
 
+from .adapters import HF_BASE_MODEL, Knobs, RunConfig
 from .jobs import FineTuneError
-from .local import HF_BASE_MODEL, Knobs, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,20 @@ def mean_loss(model: Any, examples: list[Encoded], pad_id: int, batch_size: int)
     return total / max(tokens, 1)
 
 
+def optimize(
+    model: Any, batch: dict[str, Any], params: list[Any], optimizer: Any, schedule: Any
+) -> tuple[float, int]:
+    """One optimizer step on one batch: its loss and the tokens it held."""
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    result = model(**batch)
+    result.loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(result.loss.detach()), int(batch["attention_mask"].sum())
+
+
 def train(
     config: RunConfig,
     *,
@@ -268,16 +282,9 @@ def train(
             order = epoch_order(len(examples), knobs.seed, epoch)
             chosen = order[index * knobs.batch_size : (index + 1) * knobs.batch_size]
             batch = collate([examples[i] for i in chosen], pad_id)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            result = model(**batch)
-            result.loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, seen = optimize(model, batch, params, optimizer, schedule)
             step += 1
-            loss = float(result.loss.detach())
-            tokens += int(batch["attention_mask"].sum())
+            tokens += seen
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if step % knobs.checkpoint_every == 0 or step == total:
@@ -296,15 +303,21 @@ def train(
         held, _ = encode_file(tokenizer, config.validation_file, knobs.max_length)
         if held:
             validation_loss = mean_loss(model, held, pad_id, knobs.batch_size)
-    final = config.run_dir / "final"
+    final = save_final(model, config.run_dir)
+    return TrainResult(
+        "finished", step, total, tokens, loss, final, resumed, skipped, validation_loss
+    )
+
+
+def save_final(model: Any, run_dir: Path) -> Path:
+    """The trained adapter in ``run_dir/final``, its config naming the HF base model."""
+    final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final, save_embedding_layers=False)
     adapter_config = final / "adapter_config.json"  # name the HF base, for vLLM and PEFT users
     meta = json.loads(adapter_config.read_text())
     adapter_config.write_text(json.dumps({**meta, "base_model_name_or_path": HF_BASE_MODEL}))
-    return TrainResult(
-        "finished", step, total, tokens, loss, final, resumed, skipped, validation_loss
-    )
+    return final
 
 
 def _trainer_state(optimizer: Any, schedule: Any, step: int) -> dict[str, Any]:

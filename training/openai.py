@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from openai.types.fine_tuning import FineTuningJob
 from pydantic import JsonValue
 
-from service.config import ProviderSettings
+from formwork.config import ProviderSettings
 
 from .jobs import DatasetFiles, FineTuneError, JobEvent, JobState, JobStatus, StartOptions
 

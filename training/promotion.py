@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from service.config import Settings
-from service.errors import InvalidInput
-from service.protocol import Route, TaskSpec
-from service.registry import Registry
+from formwork.assembly import open_core
+from formwork.config import Settings
+from formwork.errors import InvalidInput
+from formwork.protocol import Route, TaskSpec
+from formwork.registry import Registry
 
-from .evaluation import Comparison, add_route_arguments, compare_from_args, render, service_runner
+from .evaluation import Comparison, add_route_arguments, compare_from_args, render
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -101,9 +102,9 @@ def describe(decision: Decision) -> str:
 
 
 async def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    async with service_runner(settings) as runner:
-        comparison = await compare_from_args(args, runner)
-        decision = await promote(runner.registry, comparison, force=args.force)
+    async with open_core(settings, record=False) as core:
+        comparison = await compare_from_args(args, core)
+        decision = await promote(core.registry, comparison, force=args.force)
     print(render(comparison))
     print(describe(decision))
     return 0 if decision.promoted else 1

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from service.protocol import MODEL_REF
+from formwork.protocol import MODEL_REF, Strict
 
 from .jobs import Hyperparameters
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Source(Strict):

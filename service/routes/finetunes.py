@@ -9,11 +9,9 @@ from fastapi import APIRouter, Path, Response, status
 from training.jobs import FinetuneJob
 from training.protocol import FinetuneRequest
 
-from ..deps import CanRead, IsAdmin, JobsDep, LauncherDep, RegistryDep
-from ..protocol import TASK_NAME
+from ..deps import CanRead, IsAdmin, JobsDep, LauncherDep, RegistryDep, TaskName
 
 router = APIRouter(prefix="/v1", tags=["finetunes"])
-TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 
 
 @router.post("/tasks/{task}/finetunes", dependencies=[IsAdmin])
@@ -26,13 +24,14 @@ async def start_finetune(
 ) -> FinetuneJob:
     """Check the dataset, then start a job: 201, or 200 with the job this dataset already has."""
     spec = await registry.get(task)
-    job, created, _ = await launcher.launch(task, spec, body)
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return job
+    launched = await launcher.launch(task, spec, body)
+    response.status_code = status.HTTP_201_CREATED if launched.created else status.HTTP_200_OK
+    return launched.job
 
 
 @router.get("/tasks/{task}/finetunes", dependencies=[CanRead])
 async def list_finetunes(task: TaskName, registry: RegistryDep, jobs: JobsDep) -> list[FinetuneJob]:
+    """The task's jobs as last seen; ``GET /v1/finetunes/{id}`` brings one up to date."""
     await registry.get(task)
     return await jobs.of_task(task)
 

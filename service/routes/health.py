@@ -24,7 +24,10 @@ async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -
         state = "unavailable"
     else:
         state = "ready" if redis_up else "degraded"
-    return {"status": state, "redis": redis_up, "providers": ready}
+    body: dict[str, object] = {"status": state, "redis": redis_up, "providers": ready}
+    if providers.unavailable:
+        body["unavailable"] = providers.unavailable
+    return body
 
 
 @router.get("/metrics", dependencies=[CanRead])

@@ -6,10 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from .. import logs
-from ..deps import CanRead, CanRun, IsAdmin, MetricsDep, RegistryDep, RunnerDep
-from ..protocol import (
-    TASK_NAME,
+from formwork import logs
+from formwork.protocol import (
     FailureRecord,
     Registered,
     RunRequest,
@@ -19,10 +17,11 @@ from ..protocol import (
     TaskSummary,
     TaskVersion,
 )
-from ..stats import task_stats
+from formwork.stats import task_stats
+
+from ..deps import CanRead, CanRun, IsAdmin, MetricsDep, RegistryDep, RunnerDep, TaskName
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 
 
 @router.post("/{task}/run", dependencies=[CanRun], response_model=RunResult)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from formwork.config import Settings
 from service.app import create_app
-from service.config import Settings
 from tests.service.helpers import GOOD, OUTPUT, spec
 from tests.upstream import Reply, Upstream
 
@@ -106,7 +106,11 @@ def test_failures_are_not_cached(client: TestClient, upstream: Upstream, task: s
 @pytest.fixture
 def replicas(settings: Settings) -> Iterator[list[TestClient]]:
     """Two app instances on one Redis: separate processes as far as single-flight knows."""
-    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+    loopback = ("127.0.0.1", 50000)
+    with (
+        TestClient(create_app(settings), client=loopback) as a,
+        TestClient(create_app(settings), client=loopback) as b,
+    ):
         yield [a, b]
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from formwork.config import Settings
 from service.app import create_app
 from service.cli import main
-from service.config import Settings
 from tests.service.helpers import GOOD, spec
 from tests.upstream import Upstream
 
@@ -83,7 +83,7 @@ def test_serve_refuses_open_bind_without_keys(capsys: pytest.CaptureFixture[str]
 
 
 def test_keys_new_prints_a_matching_digest(capsys: pytest.CaptureFixture[str]) -> None:
-    from service.auth import digest
+    from formwork.auth import digest
 
     assert main(["keys", "new", "--name", "billing", "--scopes", "run"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -14,17 +14,17 @@ from jsonschema import Draft202012Validator, FormatChecker
 pytest.importorskip("transformers")
 pytest.importorskip("llguidance")
 
-from service.config import LocalModelSettings
-from service.prompts import instructed_messages
-from service.protocol import JsonSchema, TaskSpec
-from service.providers.base import (
+from formwork.config import LocalModelSettings
+from formwork.prompts import instructed_messages
+from formwork.protocol import JsonSchema, TaskSpec
+from formwork.providers.base import (
     ChatRequest,
     ProviderError,
     ProviderRateLimited,
     ProviderTimeout,
 )
-from service.providers.grammar import compile_schema
-from service.providers.local import MODEL_ID, CompletionPenalty, LocalProvider, gguf_path
+from formwork.providers.grammar import compile_schema
+from formwork.providers.local import MODEL_ID, CompletionPenalty, LocalProvider, gguf_path
 
 ADAPTER = "tiny"
 # Forces thousands of tokens: a generation that is not stopped runs for minutes.

@@ -7,8 +7,8 @@ import time
 
 from fastapi.testclient import TestClient
 
+from formwork.config import Settings
 from service.app import create_app
-from service.config import Settings
 from tests.redis_server import RedisServer
 from tests.service.helpers import GOOD, spec
 from tests.upstream import Upstream
@@ -21,7 +21,7 @@ def test_redis_outage_and_recovery(
     settings.redis_retry_s = 0.2
     upstream.set_default("primary", GOOD)
     task = unique_name
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         assert client.put(f"/v1/tasks/{task}", json=spec("up/primary")).status_code == 201
         assert client.post(f"/v1/tasks/{task}/run", json={"input": "a"}).json()["cached"] is False
         assert client.get("/readyz").json() == {
@@ -55,7 +55,7 @@ def test_redis_outage_and_recovery(
         stats = client.get(f"/v1/tasks/{task}/stats?window=15m").json()
         assert (stats["requests"], stats["cache_hits"], stats["succeeded"]) == (5, 1, 5)
     # a fresh process sees the counts made during the outage: they reached Redis
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         assert client.get(f"/v1/tasks/{task}/stats?window=15m").json()["requests"] == 5
 
 
@@ -72,7 +72,7 @@ def test_starts_without_redis_and_serves_shipped_tasks(
     )
     upstream.set_default("primary", GOOD)
     redis_server.stop()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         body = client.post(f"/v1/tasks/{unique_name}/run", json={"input": "a"}).json()
         assert (body["output"]["label"], body["version"], body["cached"]) == ("spam", 0, False)
         redis_server.start()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from formwork.config import Settings
 from service.app import create_app
-from service.config import Settings
 from tests.service.helpers import OUTPUT, SCHEMA, spec
 
 
@@ -119,7 +119,7 @@ def test_shipped_files_version_only_when_changed(settings: Settings, unique_name
     path.write_text(json.dumps({"name": unique_name, **spec("up/primary")}))
 
     def version() -> int:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
             for _ in range(100):
                 response = client.get(f"/v1/tasks/{unique_name}")
                 if response.status_code == 200:

@@ -189,7 +189,7 @@ def test_overall_deadline_is_504(settings: Any, upstream: Upstream, unique_name:
 
     settings.request_deadline_s = 1.0
     upstream.script("slow", Reply(content=GOOD, delay_s=1.5))
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         definition = spec("up/slow")
         definition["routes"][0]["timeout_s"] = 30
         assert client.put(f"/v1/tasks/{unique_name}", json=definition).status_code == 201

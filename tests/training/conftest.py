@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
+from formwork.config import Settings
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.protocol import TaskSpec
+from formwork.protocol import TaskSpec
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

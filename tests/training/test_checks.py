@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from service.config import TrainingSettings
-from service.errors import InvalidInput
-from service.protocol import TaskSpec
-from service.validation import Validators
+from formwork.config import TrainingSettings
+from formwork.errors import InvalidInput
+from formwork.protocol import TaskSpec
+from formwork.validation import Validators
 from tests.training.helpers import SCHEMA, spec, spec_body
 from training.checks import Problem, Report, format_problems
 from training.dataset import Row, from_examples
-from training.launcher import Launcher, Prepared
+from training.launcher import DatasetBuilder, Prepared
 
 GPT = "gpt-4o-mini-2024-07-18"
 
@@ -21,7 +21,7 @@ GPT = "gpt-4o-mini-2024-07-18"
 def prepare(
     rows: list[Row], task_spec: TaskSpec | None = None, *, base_model: str = GPT, **settings: Any
 ) -> Prepared:
-    launcher = Launcher(TrainingSettings(validation_fraction=0, **settings), Validators())
+    launcher = DatasetBuilder(TrainingSettings(validation_fraction=0, **settings), Validators())
     return launcher.prepare("orders", task_spec or spec(0), rows, base_model=base_model)
 
 
@@ -126,7 +126,7 @@ def test_examples_over_the_token_limit() -> None:
 
 
 def test_gpt_35_turbo_limits_are_known() -> None:
-    launcher = Launcher(TrainingSettings(), Validators())
+    launcher = DatasetBuilder(TrainingSettings(), Validators())
     assert launcher.tables.limit("gpt-3.5-turbo-0613") == 4_096
     assert launcher.tables.limit("gpt-3.5-turbo-0125") == 16_385
     assert launcher.tables.limit("gpt-4o-mini-2024-07-18") == 65_536
@@ -154,7 +154,7 @@ def test_too_few_examples() -> None:
 
 
 def test_the_count_is_of_training_examples_after_the_split() -> None:
-    launcher = Launcher(TrainingSettings(validation_fraction=0.2), Validators())
+    launcher = DatasetBuilder(TrainingSettings(validation_fraction=0.2), Validators())
     ready = launcher.prepare("orders", spec(0), rows(12), base_model=GPT)
     assert (len(ready.dataset.train), len(ready.dataset.validation)) == (10, 2)
     assert ready.report.ok

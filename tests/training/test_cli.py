@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from formwork.config import Settings
 from service.cli import main
-from service.config import Settings
 from tests.training.helpers import example, spec_body
 from tests.upstream import Upstream
 from training.dataset import jsonl, read_jsonl
@@ -170,7 +170,7 @@ def test_harvest_and_estimate_from_the_registry(
         assert client.post(f"/v1/tasks/{unique_name}/run", json={"input": text}).status_code == 200
     portal = client.portal
     assert portal is not None
-    portal.call(client.app.state.services.metrics.flush)  # type: ignore[attr-defined]
+    portal.call(client.app.state.formwork.services.core.metrics.flush)  # type: ignore[attr-defined]
 
     out = tmp_path / "big.jsonl"
     assert main(["train", "harvest", unique_name, "--model", "up/big", "--out", str(out)]) == 0

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from service import prompts
-from service.config import ModelPrice, TrainingSettings
-from service.protocol import TaskFile, TaskSpec
-from service.validation import Validators
+from formwork import prompts
+from formwork.config import ModelPrice, TrainingSettings
+from formwork.protocol import TaskFile
+from formwork.validation import Validators
 from tests.training.helpers import spec
 from training.cost import Distribution, Tables, default_epochs, estimate, percentile
 from training.dataset import Dataset, from_examples, read_jsonl
-from training.launcher import Launcher
+from training.launcher import DatasetBuilder
 from training.tokens import TiktokenCounter, counter_for, encoding_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +106,8 @@ def test_default_epochs_and_unknown_prices() -> None:
 
 def test_estimate_for_the_shipped_contact_dataset() -> None:
     task = TaskFile.model_validate_json((ROOT / "schemas/contact-extraction.json").read_text())
-    task_spec = TaskSpec.model_validate(task.model_dump(exclude={"name"}))
-    launcher = Launcher(TrainingSettings(), Validators())
+    task_spec = task.spec()
+    launcher = DatasetBuilder(TrainingSettings(), Validators())
     rows = read_jsonl(ROOT / "training/data/contact-extraction.train.jsonl")
     ready = launcher.prepare(task.name, task_spec, rows, base_model="gpt-4o-mini-2024-07-18")
     assert ready.report.problems == []

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import JsonValue
 
-from service import prompts
-from service.errors import InvalidInput
-from service.protocol import TaskSpec
+from formwork import prompts
+from formwork.errors import InvalidInput
+from formwork.protocol import TaskSpec
 from tests.training.helpers import spec, spec_body
 from tests.upstream import Reply, Upstream
 from training.dataset import (
@@ -128,7 +128,7 @@ def test_harvest_reads_validated_runs_of_a_model(
     body = {"input": "one a", "options": {"cache": "bypass"}}
     assert client.post(f"/v1/tasks/{unique_name}/run", json=body).json()["model"] == "up/small"
 
-    metrics = client.app.state.services.metrics  # type: ignore[attr-defined]
+    metrics = client.app.state.formwork.services.core.metrics  # type: ignore[attr-defined]
     portal = client.portal
     assert portal is not None
     big = portal.call(functools.partial(harvest, metrics, unique_name, model="up/big"))

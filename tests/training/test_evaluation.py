@@ -10,16 +10,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service import prompts
+from formwork import prompts
+from formwork.assembly import open_core
+from formwork.config import Settings
+from formwork.errors import InvalidInput
+from formwork.protocol import Route, RunOptions, TaskSpec, TaskVersion
+from formwork.runner import Runner
 from service.cli import main as formwork
-from service.config import Settings
-from service.errors import InvalidInput
-from service.protocol import Route, RunOptions, TaskSpec, TaskVersion
-from service.router import Runner
 from tests.service.helpers import SCHEMA
 from tests.upstream import Reply, Upstream
 from training.dataset import Row
-from training.evaluation import Evaluator, render, service_runner
+from training.evaluation import Evaluator, render
 from training.promotion import judge, promote
 
 ROWS = [
@@ -59,8 +60,8 @@ def script_exact(upstream: Upstream, model: str) -> None:
 
 @pytest.fixture
 async def runner(settings: Settings) -> AsyncIterator[Runner]:
-    async with service_runner(settings) as built:
-        yield built
+    async with open_core(settings, record=False) as core:
+        yield core.runner
 
 
 @pytest.fixture

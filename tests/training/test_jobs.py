@@ -11,10 +11,10 @@ from unittest.mock import ANY
 import pytest
 import redis.asyncio as aioredis
 
-from service import keys
-from service.config import ProviderSettings, Settings
-from service.errors import InvalidInput, Unavailable
-from service.store import Store
+from formwork import keys
+from formwork.config import ProviderSettings, Settings
+from formwork.errors import InvalidInput, Unavailable
+from formwork.store import Store
 from tests.training.helpers import spec
 from tests.upstream import Upstream
 from training.dataset import Dataset, from_examples

@@ -15,11 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
+from formwork.config import LocalModelSettings, Settings
 from service.app import create_app
-from service.config import LocalModelSettings, Settings
+from training.adapters import HF_BASE_MODEL, Knobs, RunConfig, publish
 from training.dataset import Dataset, read_jsonl
 from training.jobs import DatasetFiles, Hyperparameters, JobState, StartOptions
-from training.local import HF_BASE_MODEL, Knobs, LocalFineTuner, RunConfig, publish
+from training.local import LocalFineTuner
 from training.lora import IGNORE, Step, checkpoints, collate, encode, load_tokenizer, train
 
 TASK = "contact-extraction"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from service.config import ProviderSettings
+from formwork.config import ProviderSettings
 from tests.training.helpers import spec
 from training.dataset import Dataset, from_examples
 from training.jobs import Hyperparameters, StartOptions

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from service import prompts
-from service.auth import digest
-from service.config import ApiKeySettings, Settings
+from formwork import prompts
+from formwork.auth import digest
+from formwork.config import ApiKeySettings, Settings
 from tests.training.helpers import example, spec_body
 from tests.upstream import Upstream
 
@@ -183,7 +183,7 @@ def test_scopes(settings: Settings, upstream: Upstream, unique_name: str) -> Non
         "dash": ApiKeySettings(sha256=digest("read-key"), scopes=["read"]),
     }
     admin, read = {"Authorization": "Bearer admin-key"}, {"Authorization": "Bearer read-key"}
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         url = f"/v1/tasks/{unique_name}"
         assert client.put(url, json=spec_body(12), headers=admin).status_code == 201
         denied = client.post(f"{url}/finetunes", json={"base_model": BASE}, headers=read)

@@ -15,7 +15,17 @@ from .errors import AllRoutesFailed, DeadlineExceeded, InvalidInput, Unavailable
 from .flight import SingleFlight
 from .metrics import Metrics, RequestRecord
 from .parsing import extract_json
-from .protocol import Attempt, ErrorItem, Outcome, Route, RunOptions, RunResult, TaskVersion, Usage
+from .protocol import (
+    VALID_OUTCOMES,
+    Attempt,
+    ErrorItem,
+    Outcome,
+    Route,
+    RunOptions,
+    RunResult,
+    TaskVersion,
+    Usage,
+)
 from .providers import Providers
 from .providers.base import ChatRequest, ChatResult, Message, ProviderError
 from .registry import Registry
@@ -94,38 +104,23 @@ class Runner:
     async def run(
         self, name: str, value: JsonValue, options: RunOptions, *, request_id: str
     ) -> RunResult:
+        """The run path for one request: the validated output, or a FormworkError."""
         started = time.monotonic()
         current = await self.registry.current(name)
         task = current.task
-        if task.input_schema is not None:
-            errors = self.validators.get(task.input_schema).errors(value)
-            if errors:
-                raise InvalidInput(
-                    f"the input does not match task {name!r}'s input_schema",
-                    errors=[e.model_dump() for e in errors],
-                )
+        errors = self.input_errors(task, value)
+        if errors:
+            raise InvalidInput(
+                f"the input does not match task {name!r}'s input_schema",
+                errors=[e.model_dump() for e in errors],
+            )
         chain = self._chain(task, options.route)
         key = cache_key(task.name, task.version, current.cache_gen, [r.model for r in chain], value)
         run = Run(task, request_id, started + self.deadline_s)
-        ok, cached = False, False
+        ok, cached, hit = False, False, None
         try:
             async with asyncio.timeout(self.deadline_s):
-                if options.cache == "use" and task.cache.ttl_s > 0:
-                    hit = await self.cache.get(key)
-                    if hit is None:
-                        hit, led = await self.flights.run(
-                            key,
-                            ttl_s=task.cache.ttl_s,
-                            lock_ttl_s=self.deadline_s,
-                            compute=lambda: self._execute(run, chain, value),
-                        )
-                        cached = not led
-                    else:
-                        cached = True
-                else:
-                    hit = await self._execute(run, chain, value)
-                    if options.cache == "refresh":
-                        await self.cache.set(key, hit, task.cache.ttl_s)
+                hit, cached = await self._answer(run, chain, value, key, options)
             ok = True
         except TimeoutError as e:
             raise DeadlineExceeded(
@@ -147,7 +142,6 @@ class Runner:
                 )
             )
         attempts = [] if cached else run.attempts
-        usage = sum((a.usage for a in attempts), Usage())
         return RunResult(
             output=hit.output,
             task=task.name,
@@ -155,9 +149,30 @@ class Runner:
             model=hit.model,
             cached=cached,
             attempts=attempts,
-            usage=usage,
+            usage=sum((a.usage for a in attempts), Usage()),
             request_id=request_id,
         )
+
+    async def _answer(
+        self, run: Run, chain: list[Route], value: JsonValue, key: str, options: RunOptions
+    ) -> tuple[Cached, bool]:
+        """From the cache, a single-flight leader, or the routes; and whether it was cached."""
+        ttl_s = run.task.cache.ttl_s
+        if options.cache == "use" and ttl_s > 0:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                return hit, True
+            hit, led = await self.flights.share(
+                key,
+                ttl_s=ttl_s,
+                lock_ttl_s=self.deadline_s,
+                compute=lambda: self._execute(run, chain, value),
+            )
+            return hit, not led
+        hit = await self._execute(run, chain, value)
+        if options.cache == "refresh":
+            await self.cache.set(key, hit, ttl_s)
+        return hit, False
 
     def _chain(self, task: TaskVersion, override: str | None) -> list[Route]:
         if override is None:
@@ -170,13 +185,25 @@ class Runner:
         same = [route for route in task.routes if route.model == override]
         return same[:1] or [Route(model=override)]
 
+    def first_route(self, task: TaskVersion) -> Route:
+        """The route this replica tries first for ``task`` (the default model when none)."""
+        return self.providers.chain(task.routes)[0]
+
+    def input_errors(self, task: TaskVersion, value: JsonValue) -> list[ErrorItem]:
+        """Why ``value`` fails the task's ``input_schema`` (none when it has none)."""
+        if task.input_schema is None:
+            return []
+        return self.validators.get(task.input_schema).errors(value)
+
+    def new_run(self, task: TaskVersion, *, request_id: str) -> Run:
+        return Run(task, request_id, time.monotonic() + self.deadline_s)
+
     async def _execute(self, run: Run, chain: list[Route], value: JsonValue) -> Cached:
-        validator = self.validators.get(run.task.output_schema)
         for index, route in enumerate(chain):
             run.fell_back = run.fell_back or index > 0
-            output = await self._try_route(run, route, value, validator)
+            output = await self.try_route(run, route, value)
             if output is not None:
-                self.metrics.run_logged(
+                self.metrics.streams.run(
                     run.task.name,
                     version=run.task.version,
                     request_id=run.request_id,
@@ -202,25 +229,15 @@ class Runner:
             return prompts.finetuned_messages(task.name, value)
         return prompts.instructed_messages(task, value)
 
-    async def _try_route(
-        self, run: Run, route: Route, value: JsonValue, validator: Validator
-    ) -> JsonValue | None:
-        """Up to ``max_attempts`` calls on one model; the valid output, or None to fall back."""
+    async def try_route(self, run: Run, route: Route, value: JsonValue) -> JsonValue | None:
+        """One route, one input: up to ``max_attempts`` calls (re-asking with the validation
+        errors); the valid output, or None to fall back. Every attempt lands in ``run``."""
+        validator = self.validators.get(run.task.output_schema)
         messages = self._messages(run.task, route, value)
         try:
             provider, model_id = self.providers.resolve(route.model)
         except ProviderError as e:
-            self._record(
-                run,
-                route,
-                Attempt(
-                    model=route.model,
-                    outcome=e.outcome,
-                    errors=[ErrorItem(path="$", message=str(e))],
-                    latency_ms=0.0,
-                ),
-                n=1,
-            )
+            self._record(run, _attempt(route, e.outcome, str(e), started=None), n=1)
             return None
         n = 0
         while n < route.max_attempts:
@@ -239,45 +256,18 @@ class Runner:
             try:
                 result = await provider.complete(request)
             except asyncio.CancelledError:
-                cut = Attempt(
-                    model=route.model,
-                    outcome="timeout",
-                    errors=[ErrorItem(path="$", message="the request deadline ended this call")],
-                    latency_ms=round((time.perf_counter() - t0) * 1000, 3),
-                )
-                self._record(run, route, cut, n=n)
+                cut = _attempt(route, "timeout", "the request deadline ended this call", t0)
+                self._record(run, cut, n=n)
                 raise
             except ProviderError as e:
-                attempt = Attempt(
-                    model=route.model,
-                    outcome=e.outcome,
-                    errors=[ErrorItem(path="$", message=str(e))],
-                    latency_ms=round((time.perf_counter() - t0) * 1000, 3),
-                )
-                self._record(run, route, attempt, n=n)
-                wait = e.retry_after
-                if wait is not None:
-                    run.retry_after = min(wait, run.retry_after or wait)
-                if (
-                    e.outcome == "rate_limited"
-                    and wait is not None
-                    and wait <= self.retry_after_max_s
-                    and wait < run.remaining()
-                    and n < route.max_attempts
-                ):
-                    await asyncio.sleep(wait)
+                self._record(run, _attempt(route, e.outcome, str(e), t0), n=n)
+                if await self._waited(run, e, more=n < route.max_attempts):
                     continue
                 return None
             verdict = judge(result, validator)
-            attempt = Attempt(
-                model=route.model,
-                outcome=verdict.outcome,
-                errors=verdict.errors,
-                latency_ms=round((time.perf_counter() - t0) * 1000, 3),
-                usage=result.usage,
-            )
-            self._record(run, route, attempt, n=n, paths=verdict.paths, raw=result.text)
-            if verdict.outcome in ("valid", "repaired"):
+            attempt = _attempt(route, verdict.outcome, verdict.errors, t0, usage=result.usage)
+            self._record(run, attempt, n=n, paths=verdict.paths, raw=result.text)
+            if verdict.outcome in VALID_OUTCOMES:
                 return verdict.value
             if verdict.outcome == "refusal":
                 return None
@@ -286,10 +276,25 @@ class Runner:
                 messages = prompts.reask_messages(messages, result.text, verdict.errors)
         return None
 
+    async def _waited(self, run: Run, error: ProviderError, *, more: bool) -> bool:
+        """After a failed call: wait out a short ``Retry-After`` when another attempt may follow."""
+        wait = error.retry_after
+        if wait is None:
+            return False
+        run.retry_after = min(wait, run.retry_after or wait)
+        if (
+            error.outcome == "rate_limited"
+            and more
+            and wait <= self.retry_after_max_s
+            and wait < run.remaining()
+        ):
+            await asyncio.sleep(wait)
+            return True
+        return False
+
     def _record(
         self,
         run: Run,
-        route: Route,
         attempt: Attempt,
         *,
         n: int,
@@ -300,10 +305,30 @@ class Runner:
         task = run.task.name
         self.metrics.attempt(task, attempt, first=n == 1, reask=n > 1, paths=paths or [])
         if attempt.outcome not in ("valid", "repaired"):
-            self.metrics.failure(
+            self.metrics.streams.failure(
                 task,
                 version=run.task.version,
                 request_id=run.request_id,
                 attempt=attempt,
                 raw_output=raw[:RAW_OUTPUT_KEPT],
             )
+
+
+def _attempt(
+    route: Route,
+    outcome: Outcome,
+    errors: str | list[ErrorItem],
+    started: float | None,
+    *,
+    usage: Usage | None = None,
+) -> Attempt:
+    """An attempt on ``route``: a message stands for one error at ``$``."""
+    items = [ErrorItem(path="$", message=errors)] if isinstance(errors, str) else errors
+    elapsed = 0.0 if started is None else (time.perf_counter() - started) * 1000
+    return Attempt(
+        model=route.model,
+        outcome=outcome,
+        errors=items,
+        latency_ms=round(elapsed, 3),
+        usage=usage or Usage(),
+    )

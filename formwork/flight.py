@@ -41,7 +41,7 @@ class SingleFlight:
         self._local: dict[str, asyncio.Future[Cached]] = {}
         self._release = store.redis.register_script(RELEASE)
 
-    async def run(
+    async def share(
         self, key: str, *, ttl_s: int, lock_ttl_s: float, compute: Compute
     ) -> tuple[Cached, bool]:
         """Return the output and whether this caller computed it (led)."""
@@ -89,7 +89,7 @@ class SingleFlight:
         seen: set[str] = set()  # leaders this caller waited on; only their failures are shared
         while True:
             try:
-                hit, holder, failure, acquired = await self._store.run(poll)
+                hit, holder, failure, acquired = await self._store.call(poll)
             except StoreDown:
                 return await compute(), True
             shared_failure: dict[str, JsonValue] | None = None
@@ -113,7 +113,7 @@ class SingleFlight:
         except FormworkError as e:
             problem = json.dumps({"leader": token, "problem": e.problem()})
             with contextlib.suppress(StoreDown):
-                await self._store.run(
+                await self._store.call(
                     lambda r: r.set(failed, problem, ex=keys.FLIGHT_FAILURE_TTL_S)
                 )
             raise
@@ -125,4 +125,4 @@ class SingleFlight:
 
     async def _unlock(self, lock: str, token: str) -> None:
         with contextlib.suppress(StoreDown):  # else the lock expires by itself
-            await self._store.run(lambda r: self._release(keys=[lock], args=[token], client=r))
+            await self._store.call(lambda r: self._release(keys=[lock], args=[token], client=r))

@@ -67,6 +67,10 @@ class TaskFile(TaskSpec):
 
     name: str = Field(pattern=TASK_NAME)
 
+    def spec(self) -> TaskSpec:
+        """The definition without its name, as registered under it."""
+        return TaskSpec.model_validate(self.model_dump(exclude={"name"}))
+
 
 class TaskVersion(TaskSpec):
     """One immutable registered version."""

@@ -48,7 +48,7 @@ class Store:
     def up(self) -> bool:
         return self._down_since is None
 
-    async def run(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``op`` against Redis; raise StoreDown on connection trouble."""
         now = time.monotonic()
         if self._down_since is not None and now < self._next_try:
@@ -71,7 +71,7 @@ class Store:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.run(lambda r: r.ping()))
+            return bool(await self.call(lambda r: r.ping()))
         except (StoreDown, RedisError):
             return False
 

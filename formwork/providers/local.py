@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import extras
 from ..config import LocalModelSettings
 from ..protocol import JsonSchema, Usage
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
@@ -51,6 +52,7 @@ FIRST_ESTIMATE_S = 5.0  # job duration assumed for Retry-After before any was me
 # every loop in bench/local_model.md's runs.
 REPETITION_PENALTY = 1.1
 JOIN_TIMEOUT_S = 10.0
+ENGINE_PACKAGES = ("torch", "transformers", "gguf", "llguidance")
 
 
 def gguf_path() -> Path:
@@ -64,6 +66,18 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise ProviderError(f"the embedded model's weights are missing: {path}")
     return path
+
+
+def unavailable() -> str | None:
+    """Why the embedded model cannot run here (a missing package or weights), or None."""
+    absent = extras.missing(ENGINE_PACKAGES)
+    if absent:
+        return f"not installed: {', '.join(absent)} (install the 'local' extra)"
+    try:
+        gguf_path()
+    except ProviderError as e:
+        return str(e)
+    return None
 
 
 class Cancelled(Exception):

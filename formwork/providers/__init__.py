@@ -18,18 +18,34 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 
 class Providers:
-    def __init__(self, providers: dict[str, Provider], *, default_model: str) -> None:
+    def __init__(
+        self,
+        providers: dict[str, Provider],
+        *,
+        default_model: str,
+        unavailable: dict[str, str] | None = None,
+    ) -> None:
         self._providers = providers
         self.default_route = Route(model=default_model)
+        self.unavailable = dict(unavailable or {})  # name -> why it cannot serve here
+        self._given: Provider | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, local: Provider | None = None) -> Providers:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        local: Provider | None = None,
+        unavailable: dict[str, str] | None = None,
+    ) -> Providers:
         providers: dict[str, Provider] = {
             name: OpenAIProvider(name, conf) for name, conf in settings.providers.items()
         }
         if local is not None:
             providers[local.name] = local
-        return cls(providers, default_model=settings.default_route)
+        built = cls(providers, default_model=settings.default_route, unavailable=unavailable)
+        built._given = local
+        return built
 
     @property
     def names(self) -> list[str]:
@@ -53,8 +69,8 @@ class Providers:
     def warnings(self, spec: TaskSpec) -> list[str]:
         """What a registration should know: skipped routes, unenforced schema keywords."""
         notes = [
-            f"route {route.model!r}: no provider {split_ref(route.model)[0]!r} is configured "
-            "here, so the route is skipped"
+            f"route {route.model!r}: {self._absent(split_ref(route.model)[0])}, "
+            "so the route is skipped"
             for route in spec.routes
             if not self.has(route.model)
         ]
@@ -66,11 +82,22 @@ class Providers:
                 notes += self._providers[name].schema_warnings(spec.output_schema)
         return notes
 
+    def _absent(self, name: str) -> str:
+        if name in self.unavailable:
+            return f"provider {name!r} is unavailable here ({self.unavailable[name]})"
+        return f"no provider {name!r} is configured here"
+
     async def ready(self) -> dict[str, bool]:
-        return {name: await p.ready() for name, p in sorted(self._providers.items())}
+        """Each provider's readiness; one that is unavailable here is not ready."""
+        ready = {name: await p.ready() for name, p in self._providers.items()}
+        ready.update({name: False for name in self.unavailable})
+        return dict(sorted(ready.items()))
 
     async def aclose(self) -> None:
+        """Close the providers built here; a ``local`` handed in stays with its owner."""
         for name, provider in reversed(list(self._providers.items())):
+            if provider is self._given:
+                continue
             try:
                 await provider.aclose()
             except Exception:

@@ -5,7 +5,6 @@ Schemas are draft 2020-12. Nothing is ever fetched: ``$ref`` may only point insi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ from pydantic import JsonValue
 from referencing import Registry
 from referencing.exceptions import NoSuchResource
 
+from .digests import digest
 from .errors import InvalidSchema
 from .protocol import ErrorItem, JsonSchema, TaskSpec
 
@@ -55,8 +55,7 @@ def _items(
 
 
 def schema_digest(schema: JsonSchema) -> str:
-    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return digest(schema)
 
 
 def _refs(

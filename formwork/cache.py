@@ -3,7 +3,6 @@ route chain and canonical input. Redis trouble makes it a no-op, never an error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pydantic import JsonValue
 
 from . import keys
+from .digests import digest
 from .store import Store, StoreDown
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,8 @@ class Cached:
 
 
 def cache_key(task: str, version: int, gen: int, models: list[str], value: JsonValue) -> str:
-    canonical = json.dumps(
-        {"models": models, "input": value},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return keys.cache_entry(task, version, gen, digest)
+    found = digest({"models": list(models), "input": value})
+    return keys.cache_entry(task, version, gen, found)
 
 
 class Cache:
@@ -47,7 +41,7 @@ class Cache:
 
     async def get(self, key: str) -> Cached | None:
         try:
-            blob = await self._store.run(lambda r: r.get(key))
+            blob = await self._store.call(lambda r: r.get(key))
         except StoreDown:
             return None
         return None if blob is None else Cached.loads(str(blob))
@@ -56,6 +50,6 @@ class Cache:
         if ttl_s <= 0:
             return
         try:
-            await self._store.run(lambda r: r.set(key, entry.dumps(), ex=ttl_s))
+            await self._store.call(lambda r: r.set(key, entry.dumps(), ex=ttl_s))
         except StoreDown:
             log.debug("cache write skipped: redis is down")

@@ -3,31 +3,30 @@
 Counts go first into in-process counters (no Redis call on the request path) and are flushed
 to time-bucketed Redis hashes every ``flush_s``, so replicas add up. While Redis is down the
 counts stay in-process and are flushed when it returns. Failed attempts and validated runs go
-to capped Redis streams the same way. Prometheus counters are per process.
+to capped Redis streams (``streams.py``) in the same flush. Counter names come from
+``counters.py``. Prometheus counters are per process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram as PromHistogram
-from pydantic import JsonValue
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
 
 from . import keys
+from .counters import attempt_names, request_names
 from .protocol import Attempt, FailureRecord
 from .store import Store, StoreDown
+from .streams import Batch, Streams
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +34,6 @@ RESOLUTIONS = {
     "m": (keys.MINUTE_S, keys.MINUTE_BUCKET_TTL_S),
     "h": (keys.HOUR_S, keys.HOUR_BUCKET_TTL_S),
 }
-LATENCY_BASE = 1.2  # histogram buckets grow by 20 %: percentiles within ~10 %
-SEP = " "  # model refs never contain whitespace
-
-
-def latency_bucket(ms: float) -> int:
-    return 0 if ms <= 1 else math.ceil(math.log(ms, LATENCY_BASE))
-
-
-def bucket_latency(index: int) -> float:
-    """A representative latency (ms) for a histogram bucket."""
-    return 0.5 if index == 0 else LATENCY_BASE ** (index - 0.5)
-
-
-def field(*parts: str | int) -> str:
-    return SEP.join(map(str, parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +97,11 @@ class Metrics:
     ) -> None:
         self._store = store
         self._flush_s = flush_s
-        self._failures_kept = failures_kept
-        self._log_kept = request_log_kept
         self._pending: dict[tuple[str, str, int], Counter[str]] = {}
-        self._failures: deque[tuple[str, dict[str, str]]] = deque(maxlen=failures_kept)
-        self._log: deque[tuple[str, dict[str, str]]] = deque(maxlen=max(request_log_kept, 1))
         self._lock = asyncio.Lock()
+        self.streams = Streams(
+            store, failures_kept=failures_kept, request_log_kept=request_log_kept
+        )
         self.prometheus = Prometheus()
 
     # recording (synchronous, in-process)
@@ -136,17 +119,9 @@ class Metrics:
         self, task: str, attempt: Attempt, *, first: bool, reask: bool, paths: list[str]
     ) -> None:
         m = attempt.model
-        names = [
-            field("a", m, attempt.outcome),
-            field("lat", m, latency_bucket(attempt.latency_ms)),
-        ]
-        if first:
-            names.append(field("first", m))
-            if attempt.outcome == "valid":
-                names.append(field("firstok", m))
-        if reask:
-            names.append(field("reask", m))
-        names += [field("path", m, path) for path in paths]
+        names = attempt_names(
+            m, attempt.outcome, attempt.latency_ms, first=first, reask=reask, paths=paths
+        )
         self._count(task, names, time.time())
         p = self.prometheus
         p.attempts.labels(task, m, attempt.outcome).inc()
@@ -155,66 +130,26 @@ class Metrics:
         p.tokens.labels(task, m, "completion").inc(attempt.usage.completion_tokens)
 
     def request(self, record: RequestRecord) -> None:
-        names = ["req", field("rlat", latency_bucket(record.latency_ms))]
-        names.append("ok" if record.ok else "fail")
-        if record.cached:
-            names.append("hit")
-        if record.fell_back:
-            names.append("fallback")
-        if record.re_asked:
-            names.append("reask")
-        if record.ok and record.model and not record.cached:
-            names.append(field("served", record.model))
+        names = request_names(
+            ok=record.ok,
+            cached=record.cached,
+            fell_back=record.fell_back,
+            re_asked=record.re_asked,
+            model=record.model,
+            latency_ms=record.latency_ms,
+        )
         self._count(record.task, names, time.time())
         result = "cached" if record.cached else "ok" if record.ok else "failed"
         self.prometheus.request(record.task, result, record.latency_ms / 1000)
-
-    def failure(
-        self, task: str, *, version: int, request_id: str, attempt: Attempt, raw_output: str
-    ) -> None:
-        entry = {
-            "at": repr(time.time()),
-            "request_id": request_id,
-            "version": str(version),
-            "model": attempt.model,
-            "outcome": attempt.outcome,
-            "errors": json.dumps([e.model_dump() for e in attempt.errors]),
-            "raw_output": raw_output,
-        }
-        self._failures.append((task, entry))
-
-    def run_logged(
-        self,
-        task: str,
-        *,
-        version: int,
-        request_id: str,
-        model: str,
-        value: JsonValue,
-        output: JsonValue,
-    ) -> None:
-        """Keep a validated run for harvesting into training data."""
-        if self._log_kept <= 0:
-            return
-        entry = {
-            "at": repr(time.time()),
-            "request_id": request_id,
-            "version": str(version),
-            "model": model,
-            "input": json.dumps(value, ensure_ascii=False),
-            "output": json.dumps(output, ensure_ascii=False),
-        }
-        self._log.append((task, entry))
 
     # flushing
     async def flush(self) -> bool:
         """Write pending counts and stream entries to Redis; keep them when Redis is down."""
         async with self._lock:
-            if not (self._pending or self._failures or self._log):
+            batch = self.streams.take()
+            if not (self._pending or batch):
                 return True
             pending, self._pending = self._pending, {}
-            failures, self._failures = list(self._failures), deque(maxlen=self._failures_kept)
-            logged, self._log = list(self._log), deque(maxlen=self._log.maxlen)
 
             async def write(r: Redis) -> None:
                 pipe = r.pipeline(transaction=False)
@@ -223,46 +158,25 @@ class Metrics:
                     for name, n in counts.items():
                         pipe.hincrby(key, name, n)
                     pipe.expire(key, RESOLUTIONS[resolution][1])
-                for task, entry in failures:
-                    pipe.xadd(
-                        keys.failures(task),
-                        _fields(entry),
-                        maxlen=self._failures_kept,
-                        approximate=True,
-                    )
-                    pipe.expire(keys.failures(task), keys.STREAM_TTL_S)
-                for task, entry in logged:
-                    pipe.xadd(
-                        keys.request_log(task),
-                        _fields(entry),
-                        maxlen=self._log_kept,
-                        approximate=True,
-                    )
-                    pipe.expire(keys.request_log(task), keys.STREAM_TTL_S)
+                self.streams.write(pipe, batch)
                 await pipe.execute()
 
             try:
-                await self._store.run(write)
+                await self._store.call(write)
             except StoreDown:
-                self._restore(pending, failures, logged)
+                self._restore(pending, batch)
                 return False
             return True
 
-    def _restore(
-        self,
-        pending: dict[tuple[str, str, int], Counter[str]],
-        failures: list[tuple[str, dict[str, str]]],
-        logged: list[tuple[str, dict[str, str]]],
-    ) -> None:
+    def _restore(self, pending: dict[tuple[str, str, int], Counter[str]], batch: Batch) -> None:
         now = time.time()
         for key, counts in pending.items():
             if key[2] + RESOLUTIONS[key[1]][1] > now:
                 self._pending.setdefault(key, Counter()).update(counts)
-        self._failures.extendleft(reversed(failures))
-        self._log.extendleft(reversed(logged))
+        self.streams.give_back(batch)
 
-    async def run_flusher(self) -> None:
-        """Flush forever; the lifespan cancels it and flushes once more."""
+    async def flush_forever(self) -> None:
+        """Flush every ``flush_s``; the assembly cancels it and flushes once more."""
         while True:
             await asyncio.sleep(self._flush_s)
             try:
@@ -282,7 +196,7 @@ class Metrics:
             return await pipe.execute()
 
         with contextlib.suppress(StoreDown):
-            for values in await self._store.run(read):
+            for values in await self._store.call(read):
                 total.update({k: int(v) for k, v in values.items()})
         for bucket in buckets:
             total.update(self._pending.get((task, resolution, bucket), Counter()))
@@ -291,36 +205,11 @@ class Metrics:
     async def failures(self, task: str, limit: int) -> list[FailureRecord]:
         await self.flush()
         try:
-            rows = await self._rows(keys.failures(task), limit)
+            return await self.streams.failures(task, limit)
         except StoreDown:
-            rows = [
-                (f"local-{i}", e) for i, (t, e) in enumerate(reversed(self._failures)) if t == task
-            ]
-        return [_failure(str(i), e) for i, e in rows[:limit]]
+            return self.streams.pending_failures(task, limit)
 
     async def logged_runs(self, task: str, limit: int) -> list[dict[str, str]]:
         """The newest validated runs of a task (harvest source)."""
         await self.flush()
-        rows = await self._rows(keys.request_log(task), limit)
-        return [dict(entry, id=i) for i, entry in rows]
-
-    async def _rows(self, key: str, limit: int) -> list[tuple[str, dict[str, str]]]:
-        rows = await self._store.run(lambda r: r.xrevrange(key, count=limit))
-        return cast(list[tuple[str, dict[str, str]]], rows)
-
-
-def _fields(entry: dict[str, str]) -> dict[FieldT, EncodableT]:
-    return cast(dict[FieldT, EncodableT], entry)
-
-
-def _failure(entry_id: str, entry: dict[str, str]) -> FailureRecord:
-    return FailureRecord(
-        id=entry_id,
-        at=float(entry["at"]),
-        request_id=entry["request_id"],
-        version=int(entry["version"]),
-        model=entry["model"],
-        outcome=entry["outcome"],
-        errors=json.loads(entry["errors"]),
-        raw_output=entry["raw_output"],
-    )
+        return await self.streams.runs(task, limit)

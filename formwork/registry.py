@@ -6,7 +6,6 @@ writes take effect at once), and keeps serving that copy while Redis is down.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from . import keys
+from .digests import digest
 from .errors import InvalidSchema, TaskNotFound, Unavailable
 from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion
 from .store import Store, StoreDown
@@ -50,8 +50,7 @@ class Current:
 
 
 def spec_digest(spec: TaskSpec) -> str:
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return digest(spec.model_dump(mode="json"))
 
 
 class Registry:
@@ -80,7 +79,7 @@ class Registry:
             {"created_at": created_at, "digest": digest, "spec": spec.model_dump(mode="json")}
         )
         try:
-            version, state = await self._store.run(
+            version, state = await self._store.call(
                 lambda r: self._register(
                     keys=[keys.task(name), keys.TASKS, keys.task_version(name, 0)[:-1]],
                     args=[digest, blob, name],
@@ -106,7 +105,7 @@ class Registry:
         if local is not None and now - local.checked_at < self._refresh_s:
             return local
         try:
-            version, gen = await self._store.run(
+            version, gen = await self._store.call(
                 lambda r: r.hmget(keys.task(name), ["current", "cache_gen"])
             )
         except StoreDown as e:
@@ -132,7 +131,7 @@ class Registry:
         if cached is not None:
             return cached
         try:
-            blob = await self._store.run(lambda r: r.get(keys.task_version(name, version)))
+            blob = await self._store.call(lambda r: r.get(keys.task_version(name, version)))
         except StoreDown as e:
             raise Unavailable("the registry is unavailable; try again shortly") from e
         if blob is None:
@@ -152,7 +151,7 @@ class Registry:
 
     async def summaries(self) -> list[TaskSummary]:
         try:
-            names = sorted(map(str, await self._store.run(lambda r: r.smembers(keys.TASKS))))
+            names = sorted(map(str, await self._store.call(lambda r: r.smembers(keys.TASKS))))
         except StoreDown:
             names = sorted(self._current)
         summaries = []
@@ -182,7 +181,7 @@ class Registry:
             await pipe.execute()
 
         try:
-            await self._store.run(drop)
+            await self._store.call(drop)
         except StoreDown as e:
             raise Unavailable("the registry is unavailable; try again shortly") from e
         self._current.pop(name, None)
@@ -191,7 +190,7 @@ class Registry:
         """Orphan every cached output of the task in O(1); entries then expire by TTL."""
         await self.get(name)
         try:
-            gen = await self._store.run(lambda r: r.hincrby(keys.task(name), "cache_gen", 1))
+            gen = await self._store.call(lambda r: r.hincrby(keys.task(name), "cache_gen", 1))
         except StoreDown as e:
             raise Unavailable("the cache is unavailable; try again shortly") from e
         self._current.pop(name, None)
@@ -201,9 +200,7 @@ class Registry:
         """Register shipped task files; an unchanged file makes no new version."""
         results = []
         for task in files:
-            result = await self.put(
-                task.name, TaskSpec.model_validate(task.model_dump(exclude={"name"}))
-            )
+            result = await self.put(task.name, task.spec())
             log.info(
                 "task %s: version %d%s",
                 task.name,
@@ -217,7 +214,7 @@ class Registry:
     def seed(self, files: list[TaskFile]) -> None:
         """Serve shipped tasks from memory (version 0) until ``load`` gets them into Redis."""
         for task in files:
-            spec = TaskSpec.model_validate(task.model_dump(exclude={"name"}))
+            spec = task.spec()
             version = TaskVersion(
                 **spec.model_dump(),
                 name=task.name,

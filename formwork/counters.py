@@ -1,0 +1,153 @@
+"""Counter names: what ``Metrics`` writes into a task's time buckets and ``stats`` reads back.
+
+A name is a kind and its parts joined by a space (model refs never contain whitespace). Names
+are made and parsed here only, so adding a counter is one change in one module.
+
+Per request: ``req``, ``ok`` | ``fail``, ``hit``, ``fallback``, ``reask``, ``rlat <bucket>`` and
+``served <model>``. Per attempt: ``a <model> <outcome>``, ``lat <model> <bucket>``,
+``first <model>``, ``firstok <model>``, ``reask <model>`` and ``path <model> <path>``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+SEP = " "
+LATENCY_BASE = 1.2  # histogram buckets grow by 20 %: percentiles within ~10 %
+PER_MODEL = ("a", "lat", "first", "firstok", "reask", "path", "served")
+
+
+def latency_bucket(ms: float) -> int:
+    return 0 if ms <= 1 else math.ceil(math.log(ms, LATENCY_BASE))
+
+
+def bucket_latency(index: int) -> float:
+    """A representative latency (ms) for a histogram bucket."""
+    return 0.5 if index == 0 else LATENCY_BASE ** (index - 0.5)
+
+
+def _name(*parts: str | int) -> str:
+    return SEP.join(map(str, parts))
+
+
+def attempt_names(
+    model: str, outcome: str, latency_ms: float, *, first: bool, reask: bool, paths: list[str]
+) -> list[str]:
+    names = [_name("a", model, outcome), _name("lat", model, latency_bucket(latency_ms))]
+    if first:
+        names.append(_name("first", model))
+        if outcome == "valid":
+            names.append(_name("firstok", model))
+    if reask:
+        names.append(_name("reask", model))
+    names += [_name("path", model, path) for path in paths]
+    return names
+
+
+def request_names(
+    *,
+    ok: bool,
+    cached: bool,
+    fell_back: bool,
+    re_asked: bool,
+    model: str | None,
+    latency_ms: float,
+) -> list[str]:
+    names = ["req", _name("rlat", latency_bucket(latency_ms)), "ok" if ok else "fail"]
+    if cached:
+        names.append("hit")
+    if fell_back:
+        names.append("fallback")
+    if re_asked:
+        names.append("reask")
+    if ok and model and not cached:
+        names.append(_name("served", model))
+    return names
+
+
+@dataclass
+class ModelCounts:
+    """One model's attempts (or every model's, summed)."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latency: Counter[int] = field(default_factory=Counter)  # bucket -> attempts
+    paths: Counter[str] = field(default_factory=Counter)
+    first: int = 0
+    first_ok: int = 0
+    re_asked: int = 0
+    served: int = 0
+
+    def add(self, other: ModelCounts) -> None:
+        self.outcomes.update(other.outcomes)
+        self.latency.update(other.latency)
+        self.paths.update(other.paths)
+        self.first += other.first
+        self.first_ok += other.first_ok
+        self.re_asked += other.re_asked
+        self.served += other.served
+
+
+@dataclass
+class TaskCounts:
+    """A task's counters over some buckets, decoded."""
+
+    requests: int = 0
+    ok: int = 0
+    failed: int = 0
+    hits: int = 0
+    fell_back: int = 0
+    re_asked: int = 0
+    latency: Counter[int] = field(default_factory=Counter)  # bucket -> requests
+    models: dict[str, ModelCounts] = field(default_factory=dict)
+
+    def total(self) -> ModelCounts:
+        summed = ModelCounts()
+        for counts in self.models.values():
+            summed.add(counts)
+        return summed
+
+
+def _model_count(counts: ModelCounts, kind: str, tail: str, n: int) -> None:
+    if kind == "a":
+        counts.outcomes[tail] += n
+    elif kind == "lat":
+        counts.latency[int(tail)] += n
+    elif kind == "path":
+        counts.paths[tail] += n
+    elif kind == "first":
+        counts.first += n
+    elif kind == "firstok":
+        counts.first_ok += n
+    elif kind == "reask":
+        counts.re_asked += n
+    elif kind == "served":
+        counts.served += n
+
+
+REQUEST_FIELDS = {
+    "req": "requests",
+    "ok": "ok",
+    "fail": "failed",
+    "hit": "hits",
+    "fallback": "fell_back",
+    "reask": "re_asked",
+}
+
+
+def decode(raw: Counter[str]) -> TaskCounts:
+    """Counter names and values, as read from the buckets, into ``TaskCounts``."""
+    decoded = TaskCounts()
+    for name, n in raw.items():
+        kind, _, rest = name.partition(SEP)
+        if not rest:
+            if kind in REQUEST_FIELDS:
+                attr = REQUEST_FIELDS[kind]
+                setattr(decoded, attr, getattr(decoded, attr) + n)
+        elif kind == "rlat":
+            decoded.latency[int(rest)] += n
+        elif kind in PER_MODEL:
+            model, _, tail = rest.partition(SEP)
+            _model_count(decoded.models.setdefault(model, ModelCounts()), kind, tail, n)
+    return decoded

@@ -1,0 +1,42 @@
+"""The whole graph: the core (``formwork.assembly``) and, on the same exit stack, the fine-tune
+jobs and their launcher. The app's lifespan and the training CLI open it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+from formwork.assembly import Core, open_core
+from formwork.config import Settings
+from formwork.providers.base import Provider
+
+from .finetuners import build_finetuners
+from .jobs import JobManager
+from .launcher import DatasetBuilder, Launcher
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    core: Core
+    jobs: JobManager
+    launcher: Launcher
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    local: Provider | Literal["load", "skip"] = "load",
+    background: bool = False,
+) -> AsyncIterator[Services]:
+    """The core, then the jobs on every fine-tuner that can run here; closed in reverse."""
+    async with AsyncExitStack() as stack:
+        core = await stack.enter_async_context(
+            open_core(settings, local=local, background=background)
+        )
+        jobs = JobManager(core.store, build_finetuners(settings))
+        stack.push_async_callback(jobs.aclose)
+        builder = DatasetBuilder(settings.training, core.validators)
+        yield Services(core, jobs, Launcher(builder, core.metrics, jobs))
