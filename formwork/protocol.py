@@ -86,6 +86,7 @@ class TaskSummary(BaseModel):
     version: int
     description: str
     models: list[str]
+    created_at: float = Field(0.0, description="When the current version was registered.")
 
 
 class Registered(BaseModel):
@@ -99,6 +100,7 @@ class Registered(BaseModel):
 class RunOptions(Strict):
     cache: Literal["use", "refresh", "bypass"] = "use"
     route: str | None = Field(None, pattern=MODEL_REF, description="Run on this model only.")
+    version: int | None = Field(None, ge=1, description="Run this version, not the current one.")
 
 
 class RunRequest(Strict):

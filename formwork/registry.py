@@ -166,6 +166,7 @@ class Registry:
                     version=task.version,
                     description=task.description,
                     models=[route.model for route in task.routes],
+                    created_at=task.created_at,
                 )
             )
         return summaries

@@ -108,6 +108,8 @@ class Runner:
         started = time.monotonic()
         current = await self.registry.current(name)
         task = current.task
+        if options.version is not None and options.version != task.version:
+            task = await self.registry.version(name, options.version)
         errors = self.input_errors(task, value)
         if errors:
             raise InvalidInput(

@@ -10,21 +10,26 @@ from fastapi.responses import JSONResponse
 from pydantic import JsonValue
 from starlette.exceptions import HTTPException
 
-from formwork import logs
+from formwork import compat, logs
 from formwork.errors import PROBLEM_BASE, FormworkError, InvalidInput
 from formwork.validation import json_path
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+OPENAI_PATHS = ("/v1/models", "/v1/chat/completions")  # errors in OpenAI's envelope there
 
 
 def problem_response(error: FormworkError, request: Request) -> JSONResponse:
-    body = error.problem(instance=request.url.path)
-    body["request_id"] = logs.request_id.get()
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return JSONResponse(body, status_code=error.status, headers=headers, media_type=MEDIA_TYPE)
+    if request.url.path.startswith(OPENAI_PATHS):
+        body = compat.error_envelope(error, request_id=logs.request_id.get())
+        status = 400 if error.status == 422 else error.status  # what OpenAI clients expect
+        return JSONResponse(body, status_code=status, headers=headers)
+    problem = error.problem(instance=request.url.path)
+    problem["request_id"] = logs.request_id.get()
+    return JSONResponse(problem, status_code=error.status, headers=headers, media_type=MEDIA_TYPE)
 
 
 async def on_formwork_error(request: Request, exc: Exception) -> JSONResponse:

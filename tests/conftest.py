@@ -8,8 +8,12 @@ test names its tasks with ``unique_name``.
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,3 +119,35 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
     with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as test_client:
         yield test_client
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app served by uvicorn on a free loopback port, lifespan and all; its base URL."""
+    import uvicorn
+
+    from service.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture
+def server_url(settings: Settings) -> Iterator[str]:
+    """The app served over real HTTP on loopback (for clients that need a socket)."""
+    with live_server(settings) as url:
+        yield url

@@ -43,6 +43,7 @@ def test_versions_are_immutable(client: TestClient, unique_name: str) -> None:
             "version": 2,
             "description": "Is the message spam?",
             "models": ["up/primary", "up/backup"],
+            "created_at": current["created_at"],
         }
     ]
 
