@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
+from .batches import BatchJobs
 from .cache import Cache
 from .config import LOCAL_PROVIDER, Settings
 from .errors import Unavailable
@@ -43,6 +44,7 @@ class Core:
     cache: Cache
     metrics: Metrics
     runner: Runner
+    batches: BatchJobs
 
 
 async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
@@ -137,16 +139,20 @@ async def open_core(
             deadline_s=settings.request_deadline_s,
             retry_after_max_s=settings.retry_after_max_s,
         )
-        core = Core(settings, store, validators, providers, registry, cache, metrics, runner)
+        batches = BatchJobs(store, runner, concurrency=settings.batch_concurrency)
+        stack.push_async_callback(batches.aclose)
+        core = Core(
+            settings, store, validators, providers, registry, cache, metrics, runner, batches
+        )
         if background:
             start_background(stack, core)
         yield core
 
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:
-    """The server's upkeep: shipped tasks kept registered, metrics flushed."""
+    """The server's upkeep: shipped tasks kept registered, metrics flushed, batches resumed."""
     settings = core.settings
     files = read_task_files(settings.schemas_dir) if settings.schemas_dir.is_dir() else []
     _in_background(stack, lambda: keep_shipped(core.registry, files, settings.redis_retry_s))
-    if settings.metrics_flush_s > 0:
-        _in_background(stack, core.metrics.flush_forever)
+    _in_background(stack, core.metrics.flush_forever)
+    _in_background(stack, core.batches.resume_forever)

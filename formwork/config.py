@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         1.0, ge=0, description="How long a replica trusts its copy of a task's current version."
     )
     metrics_flush_s: float = Field(1.0, gt=0, description="Counter flush interval to Redis.")
+    batch_max_items: int = Field(100, ge=1, description="Inputs one synchronous batch takes.")
+    batch_job_max_items: int = Field(
+        10000, ge=1, description="Inputs one background batch job takes."
+    )
+    batch_concurrency: int = Field(4, ge=1, description="Inputs of one batch run at once.")
     failures_kept: int = Field(1000, ge=10, description="Recent failed attempts kept per task.")
     request_log_kept: int = Field(10000, ge=0, description="Successful runs kept per task.")
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)

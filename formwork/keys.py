@@ -81,3 +81,29 @@ def flight_failure(cache_key: str) -> str:
 
 
 FLIGHT_FAILURE_TTL_S = 5
+
+
+# Batch jobs: inputs, results by index, and a lease so that one replica works a batch at a time.
+BATCH_TTL_S = 7 * 24 * HOUR_S
+BATCH_LEASE_S = 30
+BATCHES_ACTIVE = PREFIX + "batches:active"  # set of unfinished batch ids
+
+
+def batch(batch_id: str) -> str:
+    """Hash: task, options, total, done, failed, status, times."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_inputs(batch_id: str) -> str:
+    """List: the inputs as JSON, in order."""
+    return f"{PREFIX}batch:{batch_id}:inputs"
+
+
+def batch_results(batch_id: str) -> str:
+    """Hash: index -> the item's result as JSON (present once the item is done)."""
+    return f"{PREFIX}batch:{batch_id}:results"
+
+
+def batch_lease(batch_id: str) -> str:
+    """String: the replica working the batch (expires unless renewed)."""
+    return f"{PREFIX}batch:{batch_id}:lease"

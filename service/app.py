@@ -17,7 +17,7 @@ from training.assembly import open_services
 from . import problems
 from .deps import AppState
 from .middleware import LoopbackOnlyMiddleware, RequestIdMiddleware
-from .routes import compat, finetunes, health, tasks
+from .routes import batch, compat, finetunes, health, tasks
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(finetunes.router)
     app.include_router(health.router)
     app.include_router(compat.router)
+    app.include_router(batch.router)
     if not settings.api_keys and not settings.insecure_no_auth:
         app.add_middleware(LoopbackOnlyMiddleware)
     app.add_middleware(RequestIdMiddleware)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 
 from formwork.auth import Keys
+from formwork.batches import BatchJobs
 from formwork.config import Scope, Settings
 from formwork.metrics import Metrics
 from formwork.protocol import TASK_NAME
@@ -63,6 +64,14 @@ async def get_jobs(request: Request) -> JobManager:
     return _state(request).services.jobs
 
 
+async def get_batches(request: Request) -> BatchJobs:
+    return _state(request).services.core.batches
+
+
+async def get_settings(request: Request) -> Settings:
+    return _state(request).settings
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
@@ -70,6 +79,8 @@ StoreDep = Annotated[Store, Depends(get_store)]
 ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+BatchesDep = Annotated[BatchJobs, Depends(get_batches)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 
 
