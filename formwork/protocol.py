@@ -191,3 +191,82 @@ class FailureRecord(BaseModel):
     outcome: Outcome
     errors: list[ErrorItem]
     raw_output: str
+
+
+# -- fine-tune jobs: what /v1/tasks/{task}/finetunes takes and /v1/finetunes/{id} returns --
+
+JobStatus = Literal["queued", "validating", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Hyperparameters(BaseModel):
+    """Training knobs; None leaves the provider's default. A provider names those it honours."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | None = Field(None, ge=1, le=50, description="Passes over the training set.")
+    batch_size: int | None = Field(None, ge=1, le=256)
+    learning_rate_multiplier: float | None = Field(
+        None, gt=0, le=10, description="OpenAI: a multiple of its own base learning rate."
+    )
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Local: the learning rate.")
+    lora_rank: int | None = Field(None, ge=1, le=256, description="Local: LoRA rank r.")
+    lora_alpha: int | None = Field(None, ge=1, le=512, description="Local: LoRA alpha.")
+    seed: int | None = Field(None, ge=0)
+
+    def given(self) -> dict[str, JsonValue]:
+        return self.model_dump(exclude_none=True)
+
+
+class JobEvent(BaseModel):
+    at: float
+    level: Literal["info", "warn", "error"] = "info"
+    message: str
+
+
+class FinetuneJob(BaseModel):
+    """The record of one fine-tune job, as stored and as the API returns it."""
+
+    id: str
+    task: str
+    provider: str
+    base_model: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    dataset_hash: str
+    train_examples: int
+    validation_examples: int
+    created_at: float
+    updated_at: float
+    model: str | None = Field(None, description="The fine-tuned model as a route's `model`.")
+    error: str | None = None
+    hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
+    external_id: str | None = Field(None, description="The provider's own job id.")
+    trained_tokens: int | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Source(Strict):
+    """Where the examples come from."""
+
+    examples: bool = Field(True, description="The task's registered examples.")
+    harvest: bool = Field(False, description="Validated runs from the task's request log.")
+    harvest_model: str | None = Field(
+        None, pattern=MODEL_REF, description="Harvest only runs this model answered."
+    )
+
+
+class FinetuneRequest(Strict):
+    provider: str = Field("openai", description="The fine-tuner: `openai` or `local`.")
+    base_model: str = Field(
+        min_length=1, description="The provider's model id, e.g. `gpt-4o-mini-2024-07-18`."
+    )
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    validation_fraction: float | None = Field(
+        None, ge=0, le=0.5, description="Held out for validation; default from settings."
+    )
+    seed: int | None = Field(None, description="Seed of the split; default from settings.")
+    source: Source = Field(default_factory=Source)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .jobs import JobEvent
+from formwork.protocol import JobEvent
 
 BASE_MODEL = "smollm2-135m"
 HF_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what vLLM loads: HF weights, not GGUF

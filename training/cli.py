@@ -24,17 +24,23 @@ from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 from formwork.assembly import Core, open_core
 from formwork.config import Settings
 from formwork.errors import FormworkError
-from formwork.protocol import TaskFile, TaskSpec
+from formwork.protocol import (
+    FinetuneJob,
+    FinetuneRequest,
+    Hyperparameters,
+    Source,
+    TaskFile,
+    TaskSpec,
+)
 from formwork.validation import Validators
 
 from .assembly import open_services
 from .cost import Estimate
 from .dataset import harvest, write_rows
 from .evaluation import add_eval_action
-from .jobs import FinetuneJob, Hyperparameters, JobManager
+from .jobs import JobManager
 from .launcher import DatasetBuilder, Prepared, gather_rows
 from .promotion import add_promote_action
-from .protocol import FinetuneRequest, Source
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]

@@ -23,21 +23,25 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import JsonValue
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from formwork import keys
 from formwork.errors import FormworkError, InvalidInput, Unavailable
+from formwork.protocol import (
+    FinetuneJob,
+    Hyperparameters,
+    JobEvent,
+    JobStatus,
+)
 from formwork.store import Store, StoreDown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-JobStatus = Literal["queued", "validating", "running", "succeeded", "failed", "cancelled"]
-FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 RETRYABLE_STATUSES: frozenset[str] = frozenset({"failed", "cancelled"})
 
 
@@ -51,25 +55,6 @@ class FineTuneError(Exception):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
-
-
-class Hyperparameters(BaseModel):
-    """Training knobs; None leaves the provider's default. A provider names those it honours."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_epochs: int | None = Field(None, ge=1, le=50, description="Passes over the training set.")
-    batch_size: int | None = Field(None, ge=1, le=256)
-    learning_rate_multiplier: float | None = Field(
-        None, gt=0, le=10, description="OpenAI: a multiple of its own base learning rate."
-    )
-    learning_rate: float | None = Field(None, gt=0, le=1, description="Local: the learning rate.")
-    lora_rank: int | None = Field(None, ge=1, le=256, description="Local: LoRA rank r.")
-    lora_alpha: int | None = Field(None, ge=1, le=512, description="Local: LoRA alpha.")
-    seed: int | None = Field(None, ge=0)
-
-    def given(self) -> dict[str, JsonValue]:
-        return self.model_dump(exclude_none=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +90,6 @@ class JobState:
     hyperparameters: dict[str, JsonValue] = field(default_factory=dict)  # as resolved
 
 
-class JobEvent(BaseModel):
-    at: float
-    level: Literal["info", "warn", "error"] = "info"
-    message: str
-
-
 class FineTuner(Protocol):
     """One fine-tuning provider. Methods raise FineTuneError when the provider fails."""
 
@@ -130,31 +109,6 @@ class FineTuner(Protocol):
     async def cancel(self, external_id: str) -> JobState: ...
 
     async def aclose(self) -> None: ...
-
-
-class FinetuneJob(BaseModel):
-    """The record of one fine-tune job, as stored and as the API returns it."""
-
-    id: str
-    task: str
-    provider: str
-    base_model: str
-    status: JobStatus
-    progress: float = Field(ge=0, le=1)
-    dataset_hash: str
-    train_examples: int
-    validation_examples: int
-    created_at: float
-    updated_at: float
-    model: str | None = Field(None, description="The fine-tuned model as a route's `model`.")
-    error: str | None = None
-    hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
-    external_id: str | None = Field(None, description="The provider's own job id.")
-    trained_tokens: int | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATUSES
 
 
 def launch_digest(dataset: DatasetFiles, base_model: str, hyperparameters: Hyperparameters) -> str:

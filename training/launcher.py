@@ -12,15 +12,14 @@ from pathlib import Path
 from formwork.config import TrainingSettings
 from formwork.errors import InvalidInput
 from formwork.metrics import Metrics
-from formwork.protocol import TaskSpec
+from formwork.protocol import FinetuneJob, FinetuneRequest, Source, TaskSpec
 from formwork.validation import Validators
 
 from . import checks
 from .checks import Problem, Report
 from .cost import Estimate, Tables, estimate
 from .dataset import Dataset, Row, from_examples, harvest, merge, read_jsonl, split
-from .jobs import FinetuneJob, JobManager
-from .protocol import FinetuneRequest, Source
+from .jobs import JobManager
 from .tokens import counter_for
 
 

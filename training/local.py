@@ -24,17 +24,10 @@ from pydantic import JsonValue
 
 from formwork import extras
 from formwork.config import Settings
+from formwork.protocol import FINAL_STATUSES, JobEvent, JobStatus
 
 from .adapters import BASE_MODEL, JobFolder, Knobs, RunConfig
-from .jobs import (
-    FINAL_STATUSES,
-    DatasetFiles,
-    FineTuneError,
-    JobEvent,
-    JobState,
-    JobStatus,
-    StartOptions,
-)
+from .jobs import DatasetFiles, FineTuneError, JobState, StartOptions
 
 log = logging.getLogger(__name__)
 

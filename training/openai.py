@@ -20,8 +20,9 @@ from openai.types.fine_tuning import FineTuningJob
 from pydantic import JsonValue
 
 from formwork.config import ProviderSettings
+from formwork.protocol import JobEvent, JobStatus
 
-from .jobs import DatasetFiles, FineTuneError, JobEvent, JobState, JobStatus, StartOptions
+from .jobs import DatasetFiles, FineTuneError, JobState, StartOptions
 
 T = TypeVar("T")
 STATUSES: dict[str, JobStatus] = {

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from training.jobs import FinetuneJob
-from training.protocol import FinetuneRequest
+from formwork.protocol import FinetuneJob, FinetuneRequest
 
 from ..deps import CanRead, IsAdmin, JobsDep, LauncherDep, RegistryDep, TaskName
 

@@ -14,11 +14,12 @@ import redis.asyncio as aioredis
 from formwork import keys
 from formwork.config import ProviderSettings, Settings
 from formwork.errors import InvalidInput, Unavailable
+from formwork.protocol import Hyperparameters
 from formwork.store import Store
 from tests.training.helpers import spec
 from tests.upstream import Upstream
 from training.dataset import Dataset, from_examples
-from training.jobs import DatasetFiles, FineTuneError, Hyperparameters, JobManager, JobNotFound
+from training.jobs import DatasetFiles, FineTuneError, JobManager, JobNotFound
 from training.openai import OpenAIFineTuner, masked
 
 BASE = "gpt-4o-mini-2024-07-18"

@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from formwork.config import LocalModelSettings, Settings
+from formwork.protocol import Hyperparameters
 from service.app import create_app
 from training.adapters import HF_BASE_MODEL, Knobs, RunConfig, publish
 from training.dataset import Dataset, read_jsonl
-from training.jobs import DatasetFiles, Hyperparameters, JobState, StartOptions
+from training.jobs import DatasetFiles, JobState, StartOptions
 from training.local import LocalFineTuner
 from training.lora import IGNORE, Step, checkpoints, collate, encode, load_tokenizer, train
 

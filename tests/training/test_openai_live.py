@@ -9,9 +9,10 @@ import pytest
 from pydantic import SecretStr
 
 from formwork.config import ProviderSettings
+from formwork.protocol import Hyperparameters
 from tests.training.helpers import spec
 from training.dataset import Dataset, from_examples
-from training.jobs import Hyperparameters, StartOptions
+from training.jobs import StartOptions
 from training.openai import OpenAIFineTuner
 
 pytestmark = [
