@@ -6,37 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import JsonValue
 
 from .errors import FormworkError
-from .protocol import Attempt, RunOptions, Strict, Usage
+from .protocol import Attempt, BatchItem, BatchResult, RunOptions, Usage
 from .runner import Runner
-
-
-class BatchRequest(Strict):
-    inputs: list[JsonValue] = Field(min_length=1, description="The inputs, in order.")
-    options: RunOptions = Field(default_factory=RunOptions)
-
-
-class BatchItem(BaseModel):
-    index: int
-    ok: bool
-    output: JsonValue = None
-    model: str | None = None
-    cached: bool = False
-    attempts: list[Attempt] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
-    problem: dict[str, JsonValue] | None = Field(
-        None, description="The problem+json this input alone would have got."
-    )
-
-
-class BatchResult(BaseModel):
-    task: str
-    items: list[BatchItem]
-    succeeded: int
-    failed: int
-    usage: Usage
 
 
 async def run_item(

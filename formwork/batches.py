@@ -16,42 +16,25 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar, cast
+from typing import TypeVar, cast
 
-from pydantic import BaseModel, JsonValue
+from pydantic import JsonValue
 from redis.asyncio import Redis
 
 from . import keys
-from .batch import BatchItem, run_batch
+from .batch import run_batch
 from .errors import FormworkError, Unavailable
-from .protocol import RunOptions
+from .protocol import BatchItem, BatchJob, BatchPage, RunOptions
 from .runner import Runner
 from .store import Store, StoreDown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BatchStatus = Literal["running", "succeeded"]
 RESUME_EVERY_S = 10.0
 
 
 class BatchNotFound(FormworkError):
     status, slug, title = 404, "batch-not-found", "Batch not found"
-
-
-class BatchJob(BaseModel):
-    id: str
-    task: str
-    status: BatchStatus
-    total: int
-    done: int
-    failed: int
-    created_at: float
-    updated_at: float
-
-
-class BatchPage(BaseModel):
-    batch: BatchJob
-    items: list[BatchItem]  # the done items in [offset, offset + limit), in order
 
 
 class BatchJobs:

@@ -91,12 +91,20 @@ class DeadlineExceeded(FormworkError):
     status, slug, title = 504, "deadline-exceeded", "Deadline exceeded"
 
 
-def from_problem(problem: Mapping[str, JsonValue]) -> FormworkError:
-    """Rebuild an error from its problem+json body (a single-flight follower re-raises it)."""
+def from_problem(
+    problem: Mapping[str, JsonValue], *, retry_after: float | None = None
+) -> FormworkError:
+    """Rebuild an error from its problem+json body (a single-flight follower re-raises it; the
+    client raises what the server answered)."""
     slug = str(problem.get("type", "")).removeprefix(PROBLEM_BASE)
     cls = next((c for c in FormworkError.__subclasses__() if c.slug == slug), FormworkError)
     base = {"type", "title", "status", "detail", "instance"}
     extensions = {k: v for k, v in problem.items() if k not in base}
-    error = cls(str(problem.get("detail", "")))
+    error = cls(str(problem.get("detail", "")), retry_after=retry_after)
     error.extensions = extensions
+    if cls is FormworkError:  # a problem this process has no class for keeps what it said
+        status = problem.get("status")
+        error.status = status if isinstance(status, int) else 500
+        error.slug = slug or FormworkError.slug
+        error.title = str(problem.get("title", FormworkError.title))
     return error

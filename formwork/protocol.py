@@ -270,3 +270,50 @@ class FinetuneRequest(Strict):
     )
     seed: int | None = Field(None, description="Seed of the split; default from settings.")
     source: Source = Field(default_factory=Source)
+
+
+# -- batches: /v1/tasks/{task}/batch, /v1/tasks/{task}/batches, /v1/batches/{id} --
+
+BatchStatus = Literal["running", "succeeded"]
+
+
+class BatchRequest(Strict):
+    inputs: list[JsonValue] = Field(min_length=1, description="The inputs, in order.")
+    options: RunOptions = Field(default_factory=RunOptions)
+
+
+class BatchItem(BaseModel):
+    index: int
+    ok: bool
+    output: JsonValue = None
+    model: str | None = None
+    cached: bool = False
+    attempts: list[Attempt] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    problem: dict[str, JsonValue] | None = Field(
+        None, description="The problem+json this input alone would have got."
+    )
+
+
+class BatchResult(BaseModel):
+    task: str
+    items: list[BatchItem]
+    succeeded: int
+    failed: int
+    usage: Usage
+
+
+class BatchJob(BaseModel):
+    id: str
+    task: str
+    status: BatchStatus
+    total: int
+    done: int
+    failed: int
+    created_at: float
+    updated_at: float
+
+
+class BatchPage(BaseModel):
+    batch: BatchJob
+    items: list[BatchItem]  # the done items in [offset, offset + limit), in order

@@ -1,77 +1,61 @@
 """``formwork``: serve the API, manage tasks, run them, and (``train``) fine-tune models.
 
 Client commands talk to a running server: ``--url`` (``FORMWORK_URL``, default
-http://127.0.0.1:8000) with ``--key`` (``FORMWORK_API_KEY``) when the server wants one.
+http://127.0.0.1:8000) with ``--key`` (``FORMWORK_API_KEY``) when the server wants one; both go
+before or after the command. Errors are one line (and their details) on stderr: exit 1, 2 for a
+usage error, 130 when interrupted. Imports are lazy so that a client command starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
-import httpx
-
-from formwork.auth import new_key
-
-from .middleware import is_loopback
+DEFAULT_URL = "http://127.0.0.1:8000"
+CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
-class Client:
-    def __init__(self, url: str, key: str | None, timeout: float) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+class Parser(argparse.ArgumentParser):
+    """argparse that suggests the closest verb for a mistyped one."""
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.TransportError as e:
-            raise SystemExit(
-                f"formwork: cannot reach {self._http.base_url} ({type(e).__name__}); "
-                "is `formwork serve` running?"
-            ) from e
-        if response.status_code >= 400:
-            raise SystemExit(problem_text(response))
-        return response.json() if response.content else None
+    def error(self, message: str) -> NoReturn:
+        found = CHOICE.search(message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        super().error(message)
 
 
-def problem_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"formwork: HTTP {response.status_code}"
-    lines = [
-        f"formwork: {body.get('title', 'error')} ({response.status_code}): {body.get('detail', '')}"
-    ]
-    lines += [f"  {e['path']}: {e['message']}" for e in body.get("errors", [])]
-    for a in body.get("attempts", []):
-        errors = "; ".join(e["message"] for e in a.get("errors", [])[:3])
-        lines.append(f"  attempt {a['model']}: {a['outcome']} {errors}".rstrip())
-    return "\n".join(lines)
-
-
-def parse_input(text: str) -> Any:
-    """JSON when it parses as JSON, else the text itself; ``-`` reads standard input."""
-    if text == "-":
-        text = sys.stdin.read()
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def emit(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+def common_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """``--url``, ``--key``, ``--timeout``: with their defaults on the top parser, and
+    accepted again (without defaults, so they only override) after each command."""
+    given: dict[str, object] = {} if defaults else {"default": argparse.SUPPRESS}
+    url = os.environ.get("FORMWORK_URL", DEFAULT_URL)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", **({"default": url} if defaults else given), help="server URL")
+    common.add_argument(
+        "--key", **({"default": os.environ.get("FORMWORK_API_KEY")} if defaults else given)
+    )
+    common.add_argument(
+        "--timeout", type=float, **({"default": 120.0} if defaults else given), help="seconds"
+    )
+    return common
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from formwork.config import Settings
+
+    from .middleware import is_loopback
 
     settings = Settings()
     insecure = args.insecure_no_auth or settings.insecure_no_auth
@@ -96,41 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tasks(args: argparse.Namespace, client: Client) -> int:
-    if args.action == "list":
-        for task in client.call("GET", "/v1/tasks"):
-            models = ", ".join(task["models"]) or "(default)"
-            print(f"{task['task']:<28} v{task['version']:<4} {models}  {task['description'][:60]}")
-    elif args.action == "show":
-        emit(client.call("GET", f"/v1/tasks/{args.name}"))
-    elif args.action == "delete":
-        client.call("DELETE", f"/v1/tasks/{args.name}")
-        print(f"deleted {args.name}")
-    elif args.action == "apply":
-        for file in args.files:
-            spec = json.loads(Path(file).read_text())
-            name = spec.pop("name", None) or Path(file).stem
-            result = client.call("PUT", f"/v1/tasks/{name}", spec)
-            state = (
-                "created" if result["created"] else "updated" if result["changed"] else "unchanged"
-            )
-            print(f"{name}: version {result['version']} ({state})")
-            for warning in result.get("warnings", []):
-                print(f"  warning: {warning}")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace, client: Client) -> int:
-    options: dict[str, str] = {"cache": args.cache}
-    if args.route:
-        options["route"] = args.route
-    body = {"input": parse_input(args.input), "options": options}
-    result = client.call("POST", f"/v1/tasks/{args.task}/run", body)
-    emit(result if args.full else result["output"])
-    return 0
-
-
 def cmd_keys(args: argparse.Namespace) -> int:
+    from formwork.auth import new_key
+
     key, digest = new_key()
     scopes = json.dumps(args.scopes.split(","))
     print(f"key (give it to the client; it is not stored): {key}")
@@ -139,47 +91,63 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="formwork", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("FORMWORK_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--key", default=os.environ.get("FORMWORK_API_KEY"), help="API key")
-    parser.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout, seconds")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--insecure-no-auth", action="store_true", help="allow no keys off loopback")
-
+def add_client_commands(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     tasks = sub.add_parser("tasks", help="list, show, apply or delete task definitions")
-    actions = tasks.add_subparsers(dest="action", required=True)
-    actions.add_parser("list")
-    actions.add_parser("show").add_argument("name")
-    actions.add_parser("delete").add_argument("name")
-    actions.add_parser("apply").add_argument("files", nargs="+", help="task JSON files")
+    actions = tasks.add_subparsers(dest="action", required=True, parser_class=Parser)
+    actions.add_parser("list", parents=[common])
+    actions.add_parser("show", parents=[common]).add_argument("name")
+    actions.add_parser("delete", parents=[common]).add_argument("name")
+    actions.add_parser(
+        "apply", parents=[common], help="register task files (name: the file's, else its stem)"
+    ).add_argument("files", nargs="+", help="task JSON files")
 
-    run = sub.add_parser("run", help="run a task on an input (JSON, or text; - for stdin)")
+    run = sub.add_parser(
+        "run", parents=[common], help="run a task on an input (JSON, or text; - for stdin)"
+    )
     run.add_argument("task")
     run.add_argument("input")
     run.add_argument("--cache", choices=["use", "refresh", "bypass"], default="use")
     run.add_argument("--route", help="run on this model only (provider/model-id)")
     run.add_argument("--full", action="store_true", help="print the whole answer, not just output")
 
+    batch = sub.add_parser(
+        "batch", parents=[common], help="run a JSONL file of inputs (one a line) as a batch"
+    )
+    batch.add_argument("task")
+    batch.add_argument("file", help="JSONL inputs; - for stdin")
+    batch.add_argument("--out", help="write the results (JSONL, input order) here, not stdout")
+    batch.add_argument("--cache", choices=["use", "refresh", "bypass"], default="use")
+    batch.add_argument("--full", action="store_true", help="every field of every result")
+
+
+def build_parser(argv: Sequence[str]) -> Parser:
+    parser = Parser(
+        prog="formwork",
+        description=(__doc__ or "").splitlines()[0],
+        parents=[common_options(defaults=True)],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--insecure-no-auth", action="store_true", help="allow no keys off loopback")
+    add_client_commands(sub, Parser(add_help=False, parents=[common_options(defaults=False)]))
     keys = sub.add_parser("keys", help="make an API key")
-    keys_actions = keys.add_subparsers(dest="action", required=True)
+    keys_actions = keys.add_subparsers(dest="action", required=True, parser_class=Parser)
     new = keys_actions.add_parser("new")
     new.add_argument("--name", default="client")
     new.add_argument("--scopes", default="run,read", help="comma-separated: run, read, admin")
+    if "train" in argv:  # the training commands import much more: only when asked for
+        from training.cli import add_train_parser
 
-    from training.cli import add_train_parser
-
-    add_train_parser(sub)
+        add_train_parser(sub)  # type: ignore[arg-type]
+    else:
+        sub.add_parser("train", help="build datasets and fine-tune models for a task")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "keys":
@@ -188,10 +156,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.cli import run_train
 
         return run_train(args)
-    client = Client(args.url, args.key, args.timeout)
-    if args.command == "tasks":
-        return cmd_tasks(args, client)
-    return cmd_run(args, client)
+    from .commands import run_client_command
+
+    return run_client_command(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    from .commands import CommandError
+
+    try:
+        args = build_parser(given).parse_args(given)
+        code = dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except CommandError as e:
+        print(f"formwork: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("formwork: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `formwork tasks list | head`: the reader left; say nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import JsonValue, ValidationError
 
 from formwork import logs
-from formwork.batch import BatchRequest, BatchResult, run_batch, summary
-from formwork.batches import BatchJob, BatchPage
+from formwork.batch import run_batch, summary
 from formwork.errors import InvalidInput
+from formwork.protocol import BatchJob, BatchPage, BatchRequest, BatchResult
 
 from ..deps import BatchesDep, CanRun, RunnerDep, SettingsDep, TaskName
 
