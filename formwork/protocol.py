@@ -27,8 +27,15 @@ FORMAT_FAILURES: frozenset[str] = frozenset(
 JsonSchema = dict[str, JsonValue]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Model(BaseModel):
+    """The base of the API's shapes: schemas are built on first use, not at import (the CLI
+    imports these and must start at once)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(Model):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Route(Strict):
@@ -81,7 +88,7 @@ class TaskVersion(TaskSpec):
     digest: str
 
 
-class TaskSummary(BaseModel):
+class TaskSummary(Model):
     task: str
     version: int
     description: str
@@ -89,7 +96,7 @@ class TaskSummary(BaseModel):
     created_at: float = Field(0.0, description="When the current version was registered.")
 
 
-class Registered(BaseModel):
+class Registered(Model):
     task: str
     version: int
     created: bool = Field(description="True when the task did not exist before.")
@@ -108,7 +115,7 @@ class RunRequest(Strict):
     options: RunOptions = Field(default_factory=RunOptions)
 
 
-class Usage(BaseModel):
+class Usage(Model):
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -123,12 +130,12 @@ class Usage(BaseModel):
         )
 
 
-class ErrorItem(BaseModel):
+class ErrorItem(Model):
     path: str
     message: str
 
 
-class Attempt(BaseModel):
+class Attempt(Model):
     model: str
     outcome: Outcome
     errors: list[ErrorItem] = Field(default_factory=list)
@@ -136,7 +143,7 @@ class Attempt(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
-class RunResult(BaseModel):
+class RunResult(Model):
     output: JsonValue
     task: str
     version: int
@@ -147,7 +154,7 @@ class RunResult(BaseModel):
     request_id: str
 
 
-class ModelStats(BaseModel):
+class ModelStats(Model):
     requests: int = Field(0, description="Requests served (finally) by this model.")
     attempts: int = 0
     first_attempts: int = 0
@@ -166,7 +173,7 @@ class ModelStats(BaseModel):
     latency_ms_p95: float | None = None
 
 
-class TaskStats(BaseModel):
+class TaskStats(Model):
     task: str
     window: str
     requests: int
@@ -182,7 +189,7 @@ class TaskStats(BaseModel):
     models: dict[str, ModelStats]
 
 
-class FailureRecord(BaseModel):
+class FailureRecord(Model):
     id: str
     at: float
     request_id: str
@@ -199,10 +206,10 @@ JobStatus = Literal["queued", "validating", "running", "succeeded", "failed", "c
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
-class Hyperparameters(BaseModel):
+class Hyperparameters(Model):
     """Training knobs; None leaves the provider's default. A provider names those it honours."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     n_epochs: int | None = Field(None, ge=1, le=50, description="Passes over the training set.")
     batch_size: int | None = Field(None, ge=1, le=256)
@@ -218,13 +225,13 @@ class Hyperparameters(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-class JobEvent(BaseModel):
+class JobEvent(Model):
     at: float
     level: Literal["info", "warn", "error"] = "info"
     message: str
 
 
-class FinetuneJob(BaseModel):
+class FinetuneJob(Model):
     """The record of one fine-tune job, as stored and as the API returns it."""
 
     id: str
@@ -282,7 +289,7 @@ class BatchRequest(Strict):
     options: RunOptions = Field(default_factory=RunOptions)
 
 
-class BatchItem(BaseModel):
+class BatchItem(Model):
     index: int
     ok: bool
     output: JsonValue = None
@@ -295,7 +302,7 @@ class BatchItem(BaseModel):
     )
 
 
-class BatchResult(BaseModel):
+class BatchResult(Model):
     task: str
     items: list[BatchItem]
     succeeded: int
@@ -303,7 +310,7 @@ class BatchResult(BaseModel):
     usage: Usage
 
 
-class BatchJob(BaseModel):
+class BatchJob(Model):
     id: str
     task: str
     status: BatchStatus
@@ -314,6 +321,6 @@ class BatchJob(BaseModel):
     updated_at: float
 
 
-class BatchPage(BaseModel):
+class BatchPage(Model):
     batch: BatchJob
     items: list[BatchItem]  # the done items in [offset, offset + limit), in order

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic.warnings import UnsupportedFieldAttributeWarning
 
 from formwork import logs
 from formwork.auth import Keys
@@ -39,6 +41,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # The API's models build their schemas on first use (formwork.protocol.Model); FastAPI then
+    # warns that its own body aliases have no effect there, which changes nothing.
+    warnings.filterwarnings("ignore", category=UnsupportedFieldAttributeWarning)
     logs.configure(settings.log_level)
     app = FastAPI(
         title="Formwork",

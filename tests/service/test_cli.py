@@ -156,10 +156,11 @@ def test_ctrl_c_and_a_closed_pipe_end_quietly(
     out, err = running.communicate(timeout=20)
     assert (running.returncode, out, err) == (130, "", "formwork: interrupted\n")
 
-    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    # `formwork tasks list | true`: the reader has gone before anything is written
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait(timeout=5)
     lister = formwork("--url", server_url, "tasks", "list", stdout=reader.stdin)
     _, err = lister.communicate(timeout=20)
-    reader.wait(timeout=5)
     assert (lister.returncode, err) == (141, "")
 
 
