@@ -140,6 +140,14 @@ def is_map(node: Any) -> bool:
     return isinstance(node, dict) and types_of(node) == ["object"] and not node.get("properties")
 
 
+def _nests(node: Any) -> bool:
+    """Whether ``node`` holds subschemas once sent (objects, arrays, branches)."""
+    if not isinstance(node, dict):
+        return False
+    kinds = types_of(node)
+    return "object" in kinds or "array" in kinds or "anyOf" in node or "oneOf" in node
+
+
 def _name(ref: str) -> str:
     path = parse_pointer(ref) or ()
     if len(path) == 2 and path[0] == "$defs":
@@ -156,7 +164,12 @@ class _Strict:
 
     def build(self) -> StrictSchema:
         root = resolve(self.source, self.source)
-        wrapped = not (isinstance(root, dict) and types_of(root) == ["object"]) or is_map(root)
+        wrapped = (
+            not (isinstance(root, dict) and types_of(root) == ["object"])
+            or is_map(root)
+            or "anyOf" in root
+            or "oneOf" in root
+        )
         if wrapped:
             root = {
                 "properties": {WRAPPED: self.source},
@@ -181,7 +194,7 @@ class _Strict:
         if isinstance(schema.get("$ref"), str) and set(schema) <= SILENT - {"allOf"}:
             return self.ref(schema["$ref"])
         schema = resolve(self.source, schema)
-        if depth >= NESTING_LIMIT - 1 and types_of(schema) in (["object"], ["array"]):
+        if depth >= NESTING_LIMIT - 1 and _nests(schema):
             return self.hoist(schema)
         out: dict[str, Any] = {}
         for key in ("description", "enum", "const"):
