@@ -3,7 +3,9 @@ that a small model gets wrong, rewritten into a narrower schema the engine can e
 
 Every rewrite narrows: an instance of the prepared schema satisfies each rewritten keyword of
 the original (``minProperties`` by requiring enough properties, ``dependentRequired`` by
-requiring the dependents, ``uniqueItems`` by a single item, long arrays and free strings capped),
+requiring the dependents, ``uniqueItems`` by a single item, long arrays and free strings capped,
+objects closed to their listed properties and a few optional ones where nothing else in the
+schema can add properties),
 or the keyword is left to validation (a ``pattern`` the engine's regex syntax lacks is dropped
 from the grammar only). The router still validates every answer against the original schema.
 """
@@ -16,10 +18,18 @@ from typing import Any
 
 from ..dialects import MANY, MAPS, ONE
 from ..protocol import JsonSchema
+from .strict import types_of
 
 MAX_GENERATED_ITEMS = 4  # arrays a small model would otherwise extend until max_tokens
 MAX_GENERATED_LENGTH = 200  # free strings likewise
+SHAPED_ELSEWHERE = frozenset(
+    {"patternProperties", "propertyNames", "anyOf", "oneOf", "$ref", "not"}
+)
+MAX_OPTIONAL = 6  # optional properties offered per object; a small model fills in every one
 TEXT_SHAPED = ("pattern", "format", "enum", "const", "maxLength")
+# Keywords that let other subschemas add properties to an object: where any appears, no object
+# of the schema is closed.
+OPEN_WORLD = frozenset({"allOf", "unevaluatedProperties", "dependentSchemas", "if", "$dynamicRef"})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -39,27 +49,49 @@ def pattern_supported(pattern: str) -> bool:
 
 def prepare(schema: JsonSchema) -> JsonSchema:
     """The narrower schema the grammar is compiled from (a copy)."""
-    out = _node(schema)
+    out = _node(schema, closable=not _uses(schema, OPEN_WORLD) and not _combines(schema))
     assert isinstance(out, dict)
     return out
 
 
-def _node(schema: Any) -> Any:
+def _uses(node: Any, keywords: frozenset[str]) -> bool:
+    if isinstance(node, dict):
+        return any(k in keywords or _uses(v, keywords) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_uses(v, keywords) for v in node)
+    return False
+
+
+def _combines(node: Any) -> bool:
+    """Whether some object's properties meet another subschema's (``$ref``, ``anyOf``, ``oneOf``
+    next to ``properties`` or ``required``), which closing either could contradict."""
+    if isinstance(node, list):
+        return any(_combines(v) for v in node)
+    if not isinstance(node, dict):
+        return False
+    if {"$ref", "anyOf", "oneOf"} & node.keys() and {"properties", "required"} & node.keys():
+        return True
+    return any(_combines(v) for v in node.values())
+
+
+def _node(schema: Any, *, closable: bool) -> Any:
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in ONE or key == "items":
-            out[key] = _node(value)
+            out[key] = _node(value, closable=closable)
         elif key in MANY and isinstance(value, list):
-            out[key] = [_node(sub) for sub in value]
+            out[key] = [_node(sub, closable=closable) for sub in value]
         elif key in MAPS and isinstance(value, dict):
-            out[key] = {name: _node(sub) for name, sub in value.items()}
+            out[key] = {name: _node(sub, closable=closable) for name, sub in value.items()}
         elif key == "pattern" and isinstance(value, str) and not pattern_supported(value):
             continue
         else:
             out[key] = value
     _objects(out)
+    if closable:
+        _close(out)
     _arrays(out)
     _strings(out)
     return out
@@ -97,6 +129,27 @@ def _at_most(node: dict[str, Any], props: dict[str, Any]) -> None:
     kept = [*required, *(name for name in props if name not in required)][:most]
     node["properties"] = {name: props[name] for name in props if name in kept}
     node.pop("maxProperties")
+
+
+def _close(node: dict[str, Any]) -> None:
+    """Offer an object's listed properties only, and at most ``MAX_OPTIONAL`` optional ones:
+    an answer with fewer properties is still valid (nothing else in the schema adds any)."""
+    if types_of(node) != ["object"] or node.keys() & SHAPED_ELSEWHERE:
+        return
+    props = node.get("properties") or {}
+    required = node.get("required", [])
+    if not isinstance(props, dict) or not set(required) <= set(props):
+        return
+    least = node.get("minProperties", 0)
+    if not props:
+        if not required and (not isinstance(least, int) or least <= 0):
+            node["additionalProperties"] = False  # a free-form object: answered with {}
+        return
+    kept = {*required, *[name for name in props if name not in required][:MAX_OPTIONAL]}
+    if isinstance(least, int) and least > len(kept):
+        return
+    node["properties"] = {name: sub for name, sub in props.items() if name in kept}
+    node["additionalProperties"] = False
 
 
 def _arrays(node: dict[str, Any]) -> None:
