@@ -82,13 +82,16 @@ class Providers:
             f"translating the {translation.dialect.name} output schema for decoding: {loss}"
             for loss in translation.losses
         ]
-        seen: set[str] = set()
         for route in self.chain(spec.routes):
-            name = split_ref(route.model)[0]
-            if route.constrained and name in self._providers and name not in seen:
-                seen.add(name)
-                notes += self._providers[name].schema_warnings(translation.schema)
-        return notes
+            name, model = split_ref(route.model)
+            provider = self._providers.get(name)
+            if not route.constrained or provider is None:
+                continue
+            if isinstance(provider, OpenAIProvider):
+                notes += provider.strict_warnings(translation.schema, model=model)
+            else:
+                notes += provider.schema_warnings(translation.schema)
+        return list(dict.fromkeys(notes))
 
     def _absent(self, name: str) -> str:
         if name in self.unavailable:

@@ -128,19 +128,17 @@ class OpenAIProvider:
         )
 
     def schema_warnings(self, schema: JsonSchema) -> list[str]:
-        """What strict structured output relaxes in ``schema`` here (base models, then what
-        fine-tuned models relax on top); validation still checks all of it."""
+        return self.strict_warnings(schema, model="")
+
+    def strict_warnings(self, schema: JsonSchema, *, model: str) -> list[str]:
+        """What strict structured output relaxes in ``schema`` for ``model`` here (fine-tuned
+        models take a narrower subset); validation still checks all of it."""
         if not self._settings.supports_json_schema:
             return []
-        base = to_strict(schema).relaxed
-        tuned = [r for r in to_strict(schema, fine_tuned=True).relaxed if r not in base]
-        return [
-            *(f"provider {self.name!r} (strict structured output): {r}" for r in base),
-            *(
-                f"provider {self.name!r}, fine-tuned models (strict structured output): {r}"
-                for r in tuned
-            ),
-        ]
+        tuned = fine_tuned(model)
+        where = f"provider {self.name!r}" + (f", fine-tuned model {model!r}" if tuned else "")
+        relaxed = to_strict(schema, fine_tuned=tuned).relaxed
+        return [f"{where} (strict structured output): {r}" for r in relaxed]
 
     async def ready(self) -> bool:
         return True  # an HTTP provider is checked by using it; readiness does not spend tokens
