@@ -62,7 +62,7 @@ def test_unique_items_arrays_and_strings_are_capped() -> None:
     }
     assert prepare(schema)["properties"] == {
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 1},
-        "pairs": {"type": "array", "minItems": 2, "uniqueItems": True, "maxItems": 4},
+        "pairs": {"type": "array", "minItems": 2, "uniqueItems": True, "maxItems": 3},
         "note": {"type": "string", "maxLength": 200},
     }
 
@@ -84,6 +84,8 @@ def test_objects_close_only_where_nothing_else_adds_properties() -> None:
     closed = prepare({"type": "object", "properties": many, "required": ["p9"]})
     assert list(closed["properties"]) == ["p0", "p1", "p2", "p3", "p4", "p5", "p9"]
     assert closed["additionalProperties"] is False
+    nested = prepare({"type": "object", "properties": {"inner": {"properties": many}}})
+    assert list(nested["properties"]["inner"]["properties"]) == ["p0", "p1"]
     combined: JsonSchema = {
         "allOf": [{"type": "object", "properties": many}, {"required": ["extra"]}]
     }

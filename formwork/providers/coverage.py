@@ -20,12 +20,13 @@ from ..dialects import MANY, MAPS, ONE
 from ..protocol import JsonSchema
 from .strict import types_of
 
-MAX_GENERATED_ITEMS = 4  # arrays a small model would otherwise extend until max_tokens
+MAX_GENERATED_ITEMS = 3  # arrays a small model would otherwise extend until max_tokens
 MAX_GENERATED_LENGTH = 200  # free strings likewise
 SHAPED_ELSEWHERE = frozenset(
     {"patternProperties", "propertyNames", "anyOf", "oneOf", "$ref", "not"}
 )
-MAX_OPTIONAL = 6  # optional properties offered per object; a small model fills in every one
+MAX_OPTIONAL = (6, 2)  # optional properties offered at the root, and per nested object: a
+# small model fills in every property it is offered, so nested objects multiply the answer
 TEXT_SHAPED = ("pattern", "format", "enum", "const", "maxLength")
 # Keywords that let other subschemas add properties to an object: where any appears, no object
 # of the schema is closed.
@@ -49,7 +50,8 @@ def pattern_supported(pattern: str) -> bool:
 
 def prepare(schema: JsonSchema) -> JsonSchema:
     """The narrower schema the grammar is compiled from (a copy)."""
-    out = _node(schema, closable=not _uses(schema, OPEN_WORLD) and not _combines(schema))
+    closable = not _uses(schema, OPEN_WORLD) and not _combines(schema)
+    out = _node(schema, closable=closable, depth=0)
     assert isinstance(out, dict)
     return out
 
@@ -74,24 +76,26 @@ def _combines(node: Any) -> bool:
     return any(_combines(v) for v in node.values())
 
 
-def _node(schema: Any, *, closable: bool) -> Any:
+def _node(schema: Any, *, closable: bool, depth: int) -> Any:
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in ONE or key == "items":
-            out[key] = _node(value, closable=closable)
-        elif key in MANY and isinstance(value, list):
-            out[key] = [_node(sub, closable=closable) for sub in value]
+            out[key] = _node(value, closable=closable, depth=depth + 1)
+        elif key in MANY and isinstance(value, list):  # branches: the same level
+            out[key] = [_node(sub, closable=closable, depth=depth) for sub in value]
         elif key in MAPS and isinstance(value, dict):
-            out[key] = {name: _node(sub, closable=closable) for name, sub in value.items()}
+            out[key] = {
+                name: _node(sub, closable=closable, depth=depth + 1) for name, sub in value.items()
+            }
         elif key == "pattern" and isinstance(value, str) and not pattern_supported(value):
             continue
         else:
             out[key] = value
     _objects(out)
     if closable:
-        _close(out)
+        _close(out, MAX_OPTIONAL[min(depth, 1)])
     _arrays(out)
     _strings(out)
     return out
@@ -131,8 +135,8 @@ def _at_most(node: dict[str, Any], props: dict[str, Any]) -> None:
     node.pop("maxProperties")
 
 
-def _close(node: dict[str, Any]) -> None:
-    """Offer an object's listed properties only, and at most ``MAX_OPTIONAL`` optional ones:
+def _close(node: dict[str, Any], optional: int) -> None:
+    """Offer an object's listed properties only, and at most ``optional`` optional ones:
     an answer with fewer properties is still valid (nothing else in the schema adds any)."""
     if types_of(node) != ["object"] or node.keys() & SHAPED_ELSEWHERE:
         return
@@ -145,7 +149,7 @@ def _close(node: dict[str, Any]) -> None:
         if not required and (not isinstance(least, int) or least <= 0):
             node["additionalProperties"] = False  # a free-form object: answered with {}
         return
-    kept = {*required, *[name for name in props if name not in required][:MAX_OPTIONAL]}
+    kept = {*required, *[name for name in props if name not in required][:optional]}
     if isinstance(least, int) and least > len(kept):
         return
     node["properties"] = {name: sub for name, sub in props.items() if name in kept}
