@@ -50,6 +50,8 @@ def _check(node: Any, at: str, depth: int, problems: list[str], *, fine_tuned: b
             problems.append(f"{at}: format {value!r} is not supported")
         elif key == "$ref" and not (value == "#" or str(value).startswith("#/$defs/")):
             problems.append(f"{at}: $ref {value!r} must point into $defs")
+    if not {"type", "anyOf", "$ref", "enum", "const"} & node.keys():
+        problems.append(f"{at}: a schema must have a type (or anyOf, $ref, enum, const)")
     kinds = node.get("type")
     kinds = [kinds] if isinstance(kinds, str) else kinds or []
     if "object" in kinds:

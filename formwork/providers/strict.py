@@ -207,8 +207,8 @@ class _Strict:
             out["anyOf"] = [self.node(b, depth + 1) for b in branches]
             return out
         kinds = types_of(schema)
-        if not kinds and not out:
-            return self.node(True, depth)
+        if not kinds and "enum" not in out and "const" not in out:
+            return {**self.node(True, depth), **out}
         if len(kinds) > 1 and ("object" in kinds or "array" in kinds):
             out["anyOf"] = [self.node({**schema, "type": kind}, depth + 1) for kind in kinds]
             return out
