@@ -227,7 +227,7 @@ def report(results: list[dict[str, Any]], total: int, command: str, limits: str)
             f"{pct(sum(bool(r['valid']) for r in done), len(done))} | "
             f"{pct(sum(bool(r.get('first_valid')) for r in done), len(done))} | "
             f"{pct(sum(in_defaults(r) for r in done), len(done))} | "
-            f"{statistics.median(latency) if latency else '-'} |"
+            f"{round(statistics.median(latency), 1) if latency else '-'} |"
         )
     dialect_counts = Counter(r["dialect"] for r in results)
     lines += ["", "Dialects: " + ", ".join(f"{k} {v}" for k, v in sorted(dialect_counts.items()))]

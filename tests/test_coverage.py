@@ -57,13 +57,15 @@ def test_unique_items_arrays_and_strings_are_capped() -> None:
             "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
             "pairs": {"type": "array", "minItems": 2, "uniqueItems": True},
             "note": {"type": "string"},
+            "code": {"type": "string", "pattern": "^x[^-]*$"},
         },
-        "required": ["tags", "pairs", "note"],
+        "required": ["tags", "pairs", "note", "code"],
     }
     assert prepare(schema)["properties"] == {
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 1},
         "pairs": {"type": "array", "minItems": 2, "uniqueItems": True, "maxItems": 3},
         "note": {"type": "string", "maxLength": 200},
+        "code": {"type": "string", "pattern": "^x[^-]*$", "maxLength": 200},
     }
 
 

@@ -21,13 +21,13 @@ from ..protocol import JsonSchema
 from .strict import types_of
 
 MAX_GENERATED_ITEMS = 3  # arrays a small model would otherwise extend until max_tokens
-MAX_GENERATED_LENGTH = 200  # free strings likewise
+MAX_GENERATED_LENGTH = 200  # free strings and open-ended patterns likewise
 SHAPED_ELSEWHERE = frozenset(
     {"patternProperties", "propertyNames", "anyOf", "oneOf", "$ref", "not"}
 )
 MAX_OPTIONAL = (6, 2)  # optional properties offered at the root, and per nested object: a
 # small model fills in every property it is offered, so nested objects multiply the answer
-TEXT_SHAPED = ("pattern", "format", "enum", "const", "maxLength")
+TEXT_SHAPED = ("format", "enum", "const", "maxLength")  # strings with a length of their own
 # Keywords that let other subschemas add properties to an object: where any appears, no object
 # of the schema is closed.
 OPEN_WORLD = frozenset({"allOf", "unevaluatedProperties", "dependentSchemas", "if", "$dynamicRef"})
