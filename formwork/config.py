@@ -55,7 +55,7 @@ class LocalModelSettings(BaseModel):
     threads: int = Field(0, ge=0, description="CPU threads for generation; 0 = all cores.")
     queue_size: int = Field(16, ge=1, description="Requests waiting for the model before 503.")
     adapters_dir: Path = Field(Path("var/adapters"), description="Where LoRA adapters live.")
-    max_tokens: int = Field(384, ge=16, description="Default cap on generated tokens.")
+    max_tokens: int = Field(4096, ge=16, description="Cap on the tokens one generation makes.")
 
 
 class ModelPrice(BaseModel):

@@ -15,6 +15,8 @@ from .providers.base import Message
 
 MAX_FEW_SHOT = 3
 MAX_REASK_ERRORS = 8
+PROMPT_SCHEMA_CHARS = 3000  # a longer schema is shown without its annotations, then cut
+ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$comment"})
 
 
 def render_input(value: JsonValue) -> str:
@@ -47,12 +49,38 @@ def instructed_system(spec: TaskSpec) -> str:
         parts.append(spec.description.strip())
     if spec.instructions:
         parts.append(spec.instructions.strip())
-    schema = json.dumps(spec.output_schema, ensure_ascii=False, separators=(",", ":"))
+    schema = schema_text(spec.output_schema)
     parts.append(
         "Answer with one JSON value that validates against this JSON Schema, "
         f"and nothing else:\n{schema}"
     )
     return "\n\n".join(parts)
+
+
+def _bare(node: JsonValue) -> JsonValue:
+    """``node`` without annotations, except where they are property names or data."""
+    if isinstance(node, list):
+        return [_bare(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        k: v if k in ("enum", "const") else _bare(v)
+        for k, v in node.items()
+        if k not in ANNOTATIONS or not isinstance(v, str | list | int | float | bool)
+    }
+
+
+def schema_text(schema: JsonValue, *, limit: int = PROMPT_SCHEMA_CHARS) -> str:
+    """The schema as the prompt shows it: whole when short; a long one (real-world schemas
+    reach tens of kilobytes, past a small model's context) without its annotations, then cut.
+    Constrained decoding and validation still apply the whole schema."""
+    text = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+    if len(text) <= limit:
+        return text
+    text = json.dumps(_bare(schema), ensure_ascii=False, separators=(",", ":"))
+    if len(text) <= limit:
+        return text
+    return text[:limit] + " ... (shortened)"
 
 
 def instructed_messages(spec: TaskSpec, value: JsonValue) -> list[Message]:

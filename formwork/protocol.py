@@ -45,7 +45,9 @@ class Route(Strict):
     constrained: bool = Field(True, description="Use the provider's schema-constrained decoding.")
     timeout_s: float = Field(30.0, gt=0, le=600)
     temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int = Field(512, ge=1, le=32768)
+    max_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Default: scaled with the output schema's size."
+    )
 
 
 class Example(Strict):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from . import prompts
+from . import budget, prompts
 from .cache import Cache, Cached, cache_key
 from .errors import AllRoutesFailed, DeadlineExceeded, InvalidInput, Unavailable
 from .flight import SingleFlight
@@ -235,6 +235,8 @@ class Runner:
         """One route, one input: up to ``max_attempts`` calls (re-asking with the validation
         errors); the valid output, or None to fall back. Every attempt lands in ``run``."""
         validator = self.validators.get(run.task.output_schema)
+        engine_schema = validator.translation.schema if route.constrained else None
+        max_tokens = route.max_tokens or budget.default_max_tokens(validator.translation.schema)
         messages = self._messages(run.task, route, value)
         try:
             provider, model_id = self.providers.resolve(route.model)
@@ -247,10 +249,10 @@ class Runner:
             request = ChatRequest(
                 model=model_id,
                 messages=messages,
-                schema=run.task.output_schema if route.constrained else None,
+                schema=engine_schema,
                 schema_name=run.task.name,
                 temperature=route.temperature,
-                max_tokens=route.max_tokens,
+                max_tokens=max_tokens,
                 # a route timeout shorter than what is left ends the call; else the deadline does
                 timeout_s=max(min(route.timeout_s, run.remaining() + DEADLINE_MARGIN_S), 0.001),
             )
@@ -276,6 +278,8 @@ class Runner:
             if n < route.max_attempts:
                 run.re_asked = True
                 messages = prompts.reask_messages(messages, result.text, verdict.errors)
+                if verdict.outcome == "truncated":
+                    max_tokens = budget.larger(max_tokens)
         return None
 
     async def _waited(self, run: Run, error: ProviderError, *, more: bool) -> bool:

@@ -1,26 +1,29 @@
 """JSON Schema work on user-supplied schemas: checking task definitions and validating output.
 
-Schemas are draft 2020-12. Nothing is ever fetched: ``$ref`` may only point inside the schema.
+Each schema is read in the dialect its ``$schema`` declares (see ``dialects``) and validates
+outputs with that dialect's semantics. Nothing is ever fetched: ``$ref`` may only point inside
+the schema.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import FormatChecker
 from jsonschema.exceptions import ValidationError
 from pydantic import JsonValue
 from referencing import Registry
 from referencing.exceptions import NoSuchResource
 
+from . import dialects
 from .digests import digest
 from .errors import InvalidSchema
 from .protocol import ErrorItem, JsonSchema, TaskSpec
 
-DRAFT = "https://json-schema.org/draft/2020-12/schema"
 FORMATS = FormatChecker()
 REF_KEYWORDS = ("$ref", "$dynamicRef")
 
@@ -73,15 +76,12 @@ def _refs(
 
 
 def schema_errors(schema: JsonSchema, where: str) -> list[ErrorItem]:
-    """Meta-schema errors, a foreign ``$schema`` and any non-local ``$ref``, each with its path."""
-    errors = _items(
-        Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema), (where,)
-    )
-    declared = schema.get("$schema")
-    if declared is not None and str(declared).rstrip("#") != DRAFT:
-        errors.append(
-            ErrorItem(path=json_path((where, "$schema")), message=f"only {DRAFT} is supported")
-        )
+    """Errors against its own dialect's meta-schema, an unknown ``$schema`` and any non-local
+    ``$ref``, each with its path."""
+    errors = _items(dialects.meta_errors(schema), (where,))
+    unknown = dialects.unknown_dialect(schema)
+    if unknown is not None:
+        errors.append(ErrorItem(path=json_path((where, "$schema")), message=unknown))
     for path, ref in _refs(schema, (where,)):
         if not ref.startswith("#"):
             errors.append(
@@ -94,11 +94,17 @@ def schema_errors(schema: JsonSchema, where: str) -> list[ErrorItem]:
 
 
 class Validator:
-    """A compiled validator for one schema. Collects every error with its path."""
+    """A compiled validator for one schema, in its own dialect. Collects every error with its
+    path; ``translation`` is the 2020-12 form that engines and providers are given."""
 
     def __init__(self, schema: JsonSchema) -> None:
         self.schema = schema
-        self._validator = Draft202012Validator(schema, format_checker=FORMATS, registry=NO_FETCH)
+        cls = dialects.validator_class(schema)
+        self._validator = cls(schema, format_checker=FORMATS, registry=NO_FETCH)
+
+    @functools.cached_property
+    def translation(self) -> dialects.Translation:
+        return dialects.translate(self.schema)
 
     def errors(self, instance: JsonValue) -> list[ErrorItem]:
         return _items(self._validator.iter_errors(instance))

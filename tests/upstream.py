@@ -1,5 +1,7 @@
 """A scripted OpenAI-compatible server on loopback, for the paths a real model cannot be made
 to take on demand: truncation, refusals, 429s, 5xx, slow replies, fine-tune job lifecycles.
+A strict ``response_format`` that breaks OpenAI's strict-mode rules is refused with a 400, as
+OpenAI refuses it (``tests.strict_rules``).
 
 It speaks real HTTP (uvicorn in a background thread), so the real ``openai`` client talks to it::
 
@@ -29,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.strict_rules import strict_problems
+
 ANY_MODEL = "*"
 JOB_STATUSES = frozenset(
     {"validating_files", "queued", "running", "succeeded", "failed", "cancelled"}
@@ -47,6 +51,17 @@ _ERROR_KINDS = {
     404: ("invalid_request_error", "model_not_found"),
     429: ("requests", "rate_limit_exceeded"),
 }
+
+
+def _strict_problems(body: dict[str, Any], model: str) -> list[str]:
+    """A strict ``response_format`` is checked as OpenAI checks it; anything else passes."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return []
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or spec.get("strict") is not True:
+        return []
+    return strict_problems(spec.get("schema"), fine_tuned=model.startswith("ft:"))
 
 
 @dataclass
@@ -352,6 +367,14 @@ class Upstream:
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str):
             return _error(400, "you must provide a model parameter", param="model")
+        problems = _strict_problems(body, model)
+        if problems:
+            with self._lock:
+                self.requests.append(body)
+            name = body["response_format"]["json_schema"].get("name")
+            return _error(
+                400, f"Invalid schema for response_format {name!r}: " + "; ".join(problems)
+            )
         reply, completion_id = self._take(model, body, request.headers.get("authorization"))
         if reply is None:
             return _error(500, f"no scripted reply for model {model!r}")

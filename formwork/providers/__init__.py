@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import dialects
 from ..config import Settings
 from ..protocol import Route, TaskSpec
 from .base import Provider, ProviderError
@@ -67,20 +68,30 @@ class Providers:
         return usable or [self.default_route]
 
     def warnings(self, spec: TaskSpec) -> list[str]:
-        """What a registration should know: skipped routes, unenforced schema keywords."""
+        """What a registration should know: skipped routes, what the 2020-12 translation of the
+        output schema could not carry over, and what each provider relaxes or does not enforce
+        (validation still checks the original schema)."""
+        translation = dialects.translate(spec.output_schema)
         notes = [
             f"route {route.model!r}: {self._absent(split_ref(route.model)[0])}, "
             "so the route is skipped"
             for route in spec.routes
             if not self.has(route.model)
         ]
-        seen: set[str] = set()
+        notes += [
+            f"translating the {translation.dialect.name} output schema for decoding: {loss}"
+            for loss in translation.losses
+        ]
         for route in self.chain(spec.routes):
-            name = split_ref(route.model)[0]
-            if route.constrained and name in self._providers and name not in seen:
-                seen.add(name)
-                notes += self._providers[name].schema_warnings(spec.output_schema)
-        return notes
+            name, model = split_ref(route.model)
+            provider = self._providers.get(name)
+            if not route.constrained or provider is None:
+                continue
+            if isinstance(provider, OpenAIProvider):
+                notes += provider.strict_warnings(translation.schema, model=model)
+            else:
+                notes += provider.schema_warnings(translation.schema)
+        return list(dict.fromkeys(notes))
 
     def _absent(self, name: str) -> str:
         if name in self.unavailable:

@@ -1,7 +1,8 @@
 """JSON-schema-constrained decoding with llguidance: which keywords it enforces, compiled
 grammars cached per schema, and the logits processor that applies one to a generation.
 
-Grammars produce compact JSON (no whitespace between tokens at all). A schema with keywords
+Schemas are first rewritten by ``coverage.prepare`` into a narrower form the engine can
+enforce. Grammars produce compact JSON (no whitespace between tokens at all). A schema with keywords
 llguidance does not implement is compiled leniently (those keywords ignored) and named by
 ``unenforced``; one that does not compile even so is decoded unconstrained. Either way the
 router still validates the output.
@@ -13,10 +14,14 @@ import functools
 import json
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jsonschema import Draft202012Validator
+
 from ..protocol import JsonSchema
+from . import coverage
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
@@ -54,6 +59,7 @@ SUBSCHEMAS = frozenset(
         "unevaluatedItems", "unevaluatedProperties", "additionalItems",
     }
 )  # fmt: skip
+KEYWORDS = frozenset(Draft202012Validator.VALIDATORS)
 # Compact JSON: no whitespace at all, so a small model cannot pad its output with blanks.
 COMPACT: JsonCompileOptions = {
     "whitespace_flexible": False,
@@ -65,9 +71,8 @@ RELAXED: JsonCompileOptions = {**COMPACT, "lenient": True, "coerce_one_of": True
 NOT_ENFORCED = "`{}` is not enforced by constrained decoding; validation still checks it"
 
 
-def unenforced(schema: JsonSchema) -> list[str]:
-    """One warning per keyword (or ``format: X``) anywhere in ``schema`` that llguidance ignores."""
-    found: dict[str, None] = {}  # an ordered set
+def _keywords(schema: JsonSchema) -> Iterator[tuple[str, Any]]:
+    """Every keyword of every subschema of ``schema``, breadth first."""
     todo: deque[Any] = deque([schema])
     while todo:
         node = todo.popleft()
@@ -77,14 +82,25 @@ def unenforced(schema: JsonSchema) -> list[str]:
         if not isinstance(node, dict):
             continue
         for key, value in node.items():
-            if key == "format" and value not in ENFORCED_FORMATS:
-                found[f"format: {value}"] = None
-            elif key not in ENFORCED and key not in ANNOTATIONS:
-                found[key] = None
+            yield key, value
             if key in SUBSCHEMA_MAPS and isinstance(value, dict):
                 todo.extend(value.values())
             elif key in SUBSCHEMAS:
                 todo.append(value)
+
+
+def unenforced(schema: JsonSchema) -> list[str]:
+    """One warning per keyword (or ``format: X``) anywhere in ``schema`` that constrained
+    decoding ignores, after ``coverage.prepare`` rewrote what it could."""
+    found: dict[str, None] = {}  # an ordered set
+    for key, value in _keywords(coverage.prepare(schema)):
+        if key == "format" and value not in ENFORCED_FORMATS:
+            found[f"format: {value}"] = None
+        elif key in KEYWORDS and key not in ENFORCED and key not in ANNOTATIONS:
+            found[key] = None  # a keyword 2020-12 knows; unknown ones assert nothing
+    for key, value in _keywords(schema):
+        if key == "pattern" and isinstance(value, str) and not coverage.pattern_supported(value):
+            found[f"pattern {value!r} (regex features the engine lacks)"] = None
     return [NOT_ENFORCED.format(keyword) for keyword in found]
 
 
@@ -178,11 +194,11 @@ class SchemaGrammars:
         self._eos = int(hf_tokenizer.eos_token_id)
 
     def compile(self, schema: JsonSchema) -> Grammar:
-        return compile_schema(schema_key(schema))
+        return compile_schema(schema_key(coverage.prepare(schema)))
 
     def processor(self, schema: JsonSchema) -> GrammarMask | None:
         """None when the schema has no grammar: the generation runs unconstrained."""
-        prototype = self._prototype(schema_key(schema))
+        prototype = self._prototype(schema_key(coverage.prepare(schema)))
         if prototype is None:
             return None
         return GrammarMask(prototype.deep_copy(), vocab_size=self._vocab_size, eos=self._eos)

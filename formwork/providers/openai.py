@@ -8,6 +8,7 @@ messages are not passed on, since some echo part of the key.
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from openai.types.chat import ChatCompletion
 from ..config import ProviderSettings
 from ..protocol import JsonSchema, Usage
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
+from .strict import StrictSchema, restore, to_strict
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -38,22 +40,19 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
 
 
-def strict_compatible(schema: JsonSchema) -> bool:
-    """OpenAI's strict mode wants every object closed and every property required."""
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            props = node.get("properties")
-            if isinstance(props, dict) and (
-                node.get("additionalProperties") is not False
-                or set(node.get("required", [])) != set(props)
-            ):
-                return False
-            stack.extend(node.values())
-    return True
+def fine_tuned(model: str) -> bool:
+    """OpenAI names fine-tuned models ``ft:base:org:suffix:id``; their strict mode is narrower."""
+    return model.startswith("ft:")
+
+
+def mapped_back(text: str, strict: StrictSchema) -> str:
+    """The strict answer as the original schema expects it (text that is not JSON unchanged:
+    the router's extraction and repair take it from there)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps(restore(value, strict), ensure_ascii=False)
 
 
 class OpenAIProvider:
@@ -81,13 +80,15 @@ class OpenAIProvider:
             "temperature": request.temperature,
             self._max_tokens_field: request.max_tokens,
         }
+        strict: StrictSchema | None = None
         if request.schema is not None and self._settings.supports_json_schema:
+            strict = to_strict(request.schema, fine_tuned=fine_tuned(request.model))
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
                     "name": request.schema_name.replace("-", "_")[:64],
-                    "schema": request.schema,
-                    "strict": strict_compatible(request.schema),
+                    "schema": strict.schema,
+                    "strict": True,
                 },
             }
         try:
@@ -118,21 +119,26 @@ class OpenAIProvider:
                 prompt_tokens=response.usage.prompt_tokens,
                 completion_tokens=response.usage.completion_tokens,
             )
+        text = choice.message.content or ""
         return ChatResult(
-            text=choice.message.content or "",
+            text=text if strict is None else mapped_back(text, strict),
             finish_reason=choice.finish_reason or "stop",
             refusal=getattr(choice.message, "refusal", None),
             usage=usage,
         )
 
     def schema_warnings(self, schema: JsonSchema) -> list[str]:
-        if self._settings.supports_json_schema and not strict_compatible(schema):
-            return [
-                f"provider {self.name!r}: the schema is not strict-mode compatible (every object "
-                "closed, every property required), so structured output is best-effort there; "
-                "validation still checks every answer"
-            ]
-        return []
+        return self.strict_warnings(schema, model="")
+
+    def strict_warnings(self, schema: JsonSchema, *, model: str) -> list[str]:
+        """What strict structured output relaxes in ``schema`` for ``model`` here (fine-tuned
+        models take a narrower subset); validation still checks all of it."""
+        if not self._settings.supports_json_schema:
+            return []
+        tuned = fine_tuned(model)
+        where = f"provider {self.name!r}" + (f", fine-tuned model {model!r}" if tuned else "")
+        relaxed = to_strict(schema, fine_tuned=tuned).relaxed
+        return [f"{where} (strict structured output): {r}" for r in relaxed]
 
     async def ready(self) -> bool:
         return True  # an HTTP provider is checked by using it; readiness does not spend tokens

@@ -315,7 +315,10 @@ ENFORCED: list[tuple[str, JsonSchema, str]] = [
 
 # keyword named in the warning, schema: the grammar does not enforce these.
 UNENFORCED: list[tuple[str, JsonSchema]] = [
-    ("uniqueItems", {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
+    (
+        "uniqueItems",
+        {"type": "array", "items": {"type": "integer"}, "minItems": 2, "uniqueItems": True},
+    ),
     ("contains", {"type": "array", "contains": {"const": 3}}),
     ("not", {"not": {"type": "string"}}),
     ("if", {"if": {"type": "integer"}, "then": {"minimum": 0}}),
@@ -420,7 +423,7 @@ def test_warnings_name_unenforced_keywords(keyword: str, schema: JsonSchema) -> 
 def test_warnings_walk_nested_schemas() -> None:
     schema: JsonSchema = {
         "type": "object",
-        "properties": {"tags": {"type": "array", "uniqueItems": True}},
+        "properties": {"tags": {"type": "array", "minItems": 2, "uniqueItems": True}},
         "$defs": {"e": {"type": "string", "format": "iri"}},
         "anyOf": [{"not": {"const": 1}}],
     }

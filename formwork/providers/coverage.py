@@ -1,0 +1,181 @@
+"""Schema preparation before llguidance: what real schemas contain that its compiler refuses or
+that a small model gets wrong, rewritten into a narrower schema the engine can enforce.
+
+Every rewrite narrows: an instance of the prepared schema satisfies each rewritten keyword of
+the original (``minProperties`` by requiring enough properties, ``dependentRequired`` by
+requiring the dependents, ``uniqueItems`` by a single item, long arrays and free strings capped,
+objects closed to their listed properties and a few optional ones where nothing else in the
+schema can add properties),
+or the keyword is left to validation (a ``pattern`` the engine's regex syntax lacks is dropped
+from the grammar only). The router still validates every answer against the original schema.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from ..dialects import MANY, MAPS, ONE
+from ..protocol import JsonSchema
+from .strict import types_of
+
+MAX_GENERATED_ITEMS = 3  # arrays a small model would otherwise extend until max_tokens
+MAX_GENERATED_LENGTH = 200  # free strings and open-ended patterns likewise
+SHAPED_ELSEWHERE = frozenset(
+    {"patternProperties", "propertyNames", "anyOf", "oneOf", "$ref", "not"}
+)
+MAX_OPTIONAL = (6, 2)  # optional properties offered at the root, and per nested object: a
+# small model fills in every property it is offered, so nested objects multiply the answer
+TEXT_SHAPED = ("format", "enum", "const", "maxLength")  # strings with a length of their own
+# Keywords that let other subschemas add properties to an object: where any appears, no object
+# of the schema is closed.
+OPEN_WORLD = frozenset({"allOf", "unevaluatedProperties", "dependentSchemas", "if", "$dynamicRef"})
+
+
+@functools.lru_cache(maxsize=1024)
+def pattern_supported(pattern: str) -> bool:
+    """Whether llguidance's regex syntax takes ``pattern`` (no look-around, backreferences…)."""
+    from llguidance import LLMatcher
+
+    try:
+        source = LLMatcher.grammar_from_json_schema(
+            json.dumps({"type": "string", "pattern": pattern}), defaults={"lenient": True}
+        )
+        error = LLMatcher.validate_grammar(source)
+    except ValueError:
+        return False
+    return not error or error.startswith("WARNING")
+
+
+def prepare(schema: JsonSchema) -> JsonSchema:
+    """The narrower schema the grammar is compiled from (a copy)."""
+    closable = not _uses(schema, OPEN_WORLD) and not _combines(schema)
+    out = _node(schema, closable=closable, depth=0)
+    assert isinstance(out, dict)
+    return out
+
+
+def _uses(node: Any, keywords: frozenset[str]) -> bool:
+    if isinstance(node, dict):
+        return any(k in keywords or _uses(v, keywords) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_uses(v, keywords) for v in node)
+    return False
+
+
+def _combines(node: Any) -> bool:
+    """Whether some object's properties meet another subschema's (``$ref``, ``anyOf``, ``oneOf``
+    next to ``properties`` or ``required``), which closing either could contradict."""
+    if isinstance(node, list):
+        return any(_combines(v) for v in node)
+    if not isinstance(node, dict):
+        return False
+    if {"$ref", "anyOf", "oneOf"} & node.keys() and {"properties", "required"} & node.keys():
+        return True
+    return any(_combines(v) for v in node.values())
+
+
+def _node(schema: Any, *, closable: bool, depth: int) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ONE or key == "items":
+            out[key] = _node(value, closable=closable, depth=depth + 1)
+        elif key in MANY and isinstance(value, list):  # branches: the same level
+            out[key] = [_node(sub, closable=closable, depth=depth) for sub in value]
+        elif key in MAPS and isinstance(value, dict):
+            out[key] = {
+                name: _node(sub, closable=closable, depth=depth + 1) for name, sub in value.items()
+            }
+        elif key == "pattern" and isinstance(value, str) and not pattern_supported(value):
+            continue
+        else:
+            out[key] = value
+    _objects(out)
+    if closable:
+        _close(out, MAX_OPTIONAL[min(depth, 1)])
+    _arrays(out)
+    _strings(out)
+    return out
+
+
+def _objects(node: dict[str, Any]) -> None:
+    props = node.get("properties")
+    if not isinstance(props, dict):
+        return
+    required = [name for name in node.get("required", []) if isinstance(name, str)]
+    for name, dependents in (node.pop("dependentRequired", None) or {}).items():
+        if name in props and isinstance(dependents, list):  # every dependent always present
+            required += [d for d in dependents if isinstance(d, str) and d in props]
+    least = node.get("minProperties")
+    if isinstance(least, int) and least > len(set(required)):
+        required += [name for name in props if name not in required][: least - len(set(required))]
+    if required:
+        node["required"] = list(dict.fromkeys(required))
+    if isinstance(least, int) and len(node.get("required", [])) >= least:
+        node.pop("minProperties")
+    _at_most(node, props)
+
+
+def _at_most(node: dict[str, Any], props: dict[str, Any]) -> None:
+    """``maxProperties`` on a closed object: generate only that many of its properties."""
+    most = node.get("maxProperties")
+    required = node.get("required", [])
+    if (
+        not isinstance(most, int)
+        or node.get("additionalProperties") is not False
+        or "patternProperties" in node
+        or len(required) > most
+    ):
+        return
+    kept = [*required, *(name for name in props if name not in required)][:most]
+    node["properties"] = {name: props[name] for name in props if name in kept}
+    node.pop("maxProperties")
+
+
+def _close(node: dict[str, Any], optional: int) -> None:
+    """Offer an object's listed properties only, and at most ``optional`` optional ones:
+    an answer with fewer properties is still valid (nothing else in the schema adds any)."""
+    if types_of(node) != ["object"] or node.keys() & SHAPED_ELSEWHERE:
+        return
+    props = node.get("properties") or {}
+    required = node.get("required", [])
+    if not isinstance(props, dict) or not set(required) <= set(props):
+        return
+    least = node.get("minProperties", 0)
+    if not props:
+        if not required and (not isinstance(least, int) or least <= 0):
+            node["additionalProperties"] = False  # a free-form object: answered with {}
+        return
+    kept = {*required, *[name for name in props if name not in required][:optional]}
+    if isinstance(least, int) and least > len(kept):
+        return
+    node["properties"] = {name: sub for name, sub in props.items() if name in kept}
+    node["additionalProperties"] = False
+
+
+def _arrays(node: dict[str, Any]) -> None:
+    if "items" not in node and "prefixItems" not in node and node.get("type") != "array":
+        return
+    least = node.get("minItems", 0)
+    if not isinstance(least, int):
+        return
+    most = node.get("maxItems")
+    cap = max(least, MAX_GENERATED_ITEMS)
+    if node.pop("uniqueItems", False) is True:
+        if least > 1:  # left to validation: restore it
+            node["uniqueItems"] = True
+        else:
+            cap = 1
+    if "contains" not in node and (not isinstance(most, int) or most > cap):
+        node["maxItems"] = cap
+
+
+def _strings(node: dict[str, Any]) -> None:
+    if node.get("type") != "string" or any(key in node for key in TEXT_SHAPED):
+        return
+    least = node.get("minLength", 0)
+    if isinstance(least, int) and least <= MAX_GENERATED_LENGTH:
+        node["maxLength"] = MAX_GENERATED_LENGTH

@@ -1,0 +1,131 @@
+"""Schema preparation for the grammar engine: each rewrite narrows (what the prepared schema
+accepts, the schema accepts), checked case by case and on instances of the 200 sample schemas;
+and the token budget that scales with the schema."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from formwork import budget, dialects
+from formwork.protocol import JsonSchema
+from formwork.providers.coverage import pattern_supported, prepare
+from formwork.providers.grammar import compile_schema, schema_key, unenforced
+from formwork.validation import Validator
+from tests.schema_instances import instance
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "schemabench" / "sample.jsonl"
+
+
+def test_min_properties_and_dependent_required_become_required() -> None:
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "string"}},
+        "minProperties": 2,
+        "dependentRequired": {"c": ["b"]},
+    }
+    assert prepare(schema) == {
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer"},
+            "b": {"type": "integer"},
+            "c": {"type": "string", "maxLength": 200},
+        },
+        "required": ["b", "a"],
+        "additionalProperties": False,
+    }
+    assert compile_schema(schema_key(prepare(schema))).relaxed is False
+    assert unenforced(schema) == []
+
+
+def test_max_properties_on_a_closed_object_keeps_that_many() -> None:
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["b"],
+        "maxProperties": 1,
+        "additionalProperties": False,
+    }
+    assert prepare(schema)["properties"] == {"b": {"type": "integer"}}
+
+
+def test_unique_items_arrays_and_strings_are_capped() -> None:
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "pairs": {"type": "array", "minItems": 2, "uniqueItems": True},
+            "note": {"type": "string"},
+            "code": {"type": "string", "pattern": "^x[^-]*$"},
+        },
+        "required": ["tags", "pairs", "note", "code"],
+    }
+    assert prepare(schema)["properties"] == {
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 1},
+        "pairs": {"type": "array", "minItems": 2, "uniqueItems": True, "maxItems": 3},
+        "note": {"type": "string", "maxLength": 200},
+        "code": {"type": "string", "pattern": "^x[^-]*$", "maxLength": 200},
+    }
+
+
+def test_patterns_the_engine_lacks_are_dropped_and_named() -> None:
+    schema: JsonSchema = {"type": "string", "pattern": "^(?=.*[0-9])[a-z0-9]{4}$"}
+    assert not pattern_supported("^(?=.*[0-9])[a-z0-9]{4}$")
+    assert pattern_supported("^[a-z0-9]{4}$")
+    assert prepare(schema) == {"type": "string", "maxLength": 200}
+    assert compile_schema(schema_key(prepare(schema))).source is not None
+    assert unenforced(schema) == [
+        "`pattern '^(?=.*[0-9])[a-z0-9]{4}$' (regex features the engine lacks)` is not enforced "
+        "by constrained decoding; validation still checks it"
+    ]
+
+
+def test_objects_close_only_where_nothing_else_adds_properties() -> None:
+    many = {f"p{i}": {"type": "integer"} for i in range(10)}
+    closed = prepare({"type": "object", "properties": many, "required": ["p9"]})
+    assert list(closed["properties"]) == ["p0", "p1", "p2", "p3", "p4", "p5", "p9"]
+    assert closed["additionalProperties"] is False
+    nested = prepare({"type": "object", "properties": {"inner": {"properties": many}}})
+    assert list(nested["properties"]["inner"]["properties"]) == ["p0", "p1"]
+    combined: JsonSchema = {
+        "allOf": [{"type": "object", "properties": many}, {"required": ["extra"]}]
+    }
+    assert prepare(combined) == combined
+    branches: JsonSchema = {
+        "type": "object",
+        "oneOf": [{"properties": {"a": {"const": 1}}, "required": ["a"]}],
+    }
+    assert "additionalProperties" not in prepare(branches)
+
+
+def test_prepared_sample_schemas_are_narrower() -> None:
+    """Instances valid for the prepared form of each sample schema are valid for the schema."""
+    checked = 0
+    for line in SAMPLE.read_text().splitlines():
+        row = json.loads(line)
+        schema = dialects.translate(row["schema"]).schema
+        prepared = prepare(schema)
+        narrow, wide = Validator(prepared), Validator(schema)
+        rng = random.Random(row["source"])
+        for _ in range(10):
+            value = instance(prepared, prepared, rng)
+            if not narrow.errors(value):
+                checked += 1
+                assert wide.errors(value) == [], (row["source"], value)
+    assert checked >= 1000
+
+
+def test_default_max_tokens_scales_with_the_schema() -> None:
+    small: JsonSchema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    large: JsonSchema = {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string"} for i in range(40)},
+        "$defs": {"d": {"properties": {"x": {"enum": [{"properties": {"y": 1}}]}}}},
+    }
+    assert budget.default_max_tokens(small) == budget.BASE_TOKENS + budget.PER_PROPERTY
+    assert budget.default_max_tokens(large) == budget.BASE_TOKENS + 41 * budget.PER_PROPERTY
+    huge: JsonSchema = {"properties": {f"p{i}": True for i in range(1000)}}
+    assert budget.default_max_tokens(huge) == budget.MAX_DEFAULT
+    assert budget.larger(budget.MAX_DEFAULT) == budget.MAX_TOKENS
+    assert budget.larger(budget.MAX_TOKENS) == budget.MAX_TOKENS
