@@ -35,13 +35,17 @@ def test_a_batch_answers_each_input_in_order(
     answer = client.post(f"/v1/tasks/{unique_name}/batch", json={"inputs": inputs})
     assert answer.status_code == 200
     body = answer.json()
-    assert [(i["index"], i["ok"], i["cached"]) for i in body["items"]] == [
-        (0, True, True),  # cached by the run before
-        (1, True, False),
-        (2, False, False),  # fails the input_schema, alone
-        (3, True, True),  # the same input as item 1: one model call for both
-        (4, True, False),
+    items = body["items"]
+    assert [(i["index"], i["ok"]) for i in items] == [
+        (0, True),
+        (1, True),
+        (2, False),  # fails the input_schema, alone
+        (3, True),
+        (4, True),
     ]
+    assert (items[0]["cached"], items[2]["cached"], items[4]["cached"]) == (True, False, False)
+    # items 1 and 3 are the same input: one model call, which of them leads is a matter of timing
+    assert sorted([items[1]["cached"], items[3]["cached"]]) == [False, True]
     assert [i["output"] for i in body["items"] if i["ok"]] == [OUTPUT] * 4
     failed = body["items"][2]
     assert failed["problem"] == {
@@ -51,7 +55,8 @@ def test_a_batch_answers_each_input_in_order(
         "detail": f"the input does not match task {unique_name!r}'s input_schema",
         "errors": [{"path": "$.text", "message": "3 is not of type 'string'"}],
     }
-    assert body["items"][1]["attempts"] == [attempt("up/primary", "valid")]
+    leader = items[1] if not items[1]["cached"] else items[3]
+    assert leader["attempts"] == [attempt("up/primary", "valid")]
     assert (body["succeeded"], body["failed"]) == (4, 1)
     assert body["usage"] == {"prompt_tokens": 22, "completion_tokens": 14}
     # one call for the run before, then one per distinct uncached input: b and c
