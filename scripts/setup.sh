@@ -1,5 +1,5 @@
 # Sourced by scripts/serve and scripts/test: a virtual environment with Formwork and the
-# embedded model installed, and Debian's redis-server when it is missing. Idempotent: it
+# embedded model installed, and Debian's redis-server (and, for tests, chromium) when missing. Idempotent: it
 # reinstalls only when pyproject.toml changes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +13,15 @@ ensure_redis_binary() {
   command -v redis-server >/dev/null && return 0
   echo "setup: installing redis-server (Debian package)" >&2
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+}
+
+# The dashboard's browser tests drive Debian's chromium through its chromedriver (Selenium's own
+# driver download is not used).
+ensure_browser() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
+  echo "setup: installing chromium and chromium-driver (Debian packages, for browser tests)" >&2
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
 ensure_venv() {
