@@ -7,13 +7,14 @@ the same counters as ``/v1/tasks/{task}/stats``); nothing here touches the run p
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from pydantic import JsonValue
 
 from formwork.config import Settings
-from formwork.errors import TaskNotFound
+from formwork.errors import FormworkError, TaskNotFound
 from formwork.metrics import Metrics
 from formwork.protocol import ErrorItem, TaskStats, TaskSummary, TaskVersion
 from formwork.registry import Registry
@@ -33,6 +34,7 @@ from .views import (
     overview_row,
 )
 
+log = logging.getLogger(__name__)
 MARKERS_MAX = 20  # versions looked up for chart markers
 VERSIONS_LISTED = 50
 FAILURES_READ = 200
@@ -137,8 +139,18 @@ class Board:
         return failure_views(records, model=model, outcome=outcome, path=path)
 
     async def jobs(self, name: str) -> list[FinetuneJob]:
+        """The task's newest jobs; those still running brought up to date with their provider."""
         await self._registry.get(name)
-        return await self._jobs.of_task(name, limit=JOBS_LISTED)
+        return [await self._fresh(job) for job in await self._jobs.of_task(name, limit=JOBS_LISTED)]
+
+    async def _fresh(self, job: FinetuneJob) -> FinetuneJob:
+        if job.final:
+            return job
+        try:
+            return await self._jobs.refresh(job.id)
+        except FormworkError as e:  # the provider is unreachable: show the job as last seen
+            log.warning("fine-tune job %s: %s", job.id, e.detail)
+            return job
 
     @staticmethod
     def windows() -> list[str]:

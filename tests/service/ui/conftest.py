@@ -107,8 +107,10 @@ def browser() -> Iterator[WebDriver]:
 
 @pytest.fixture
 def page(browser: WebDriver) -> Iterator[WebDriver]:
-    """The browser with no cookies and no recorded requests left from another test."""
+    """The browser on a blank page, with no cookies and no requests recorded by another test."""
+    browser.get("about:blank")
     browser.delete_all_cookies()
     browser.get_log("performance")
     yield browser
+    browser.get("about:blank")
     browser.delete_all_cookies()

@@ -121,3 +121,76 @@ def test_task_page_funnel_paths_tax_and_escaped_failures(
     assert [e.raw_text() for e in raws] == ["", "no", "no", MARKUP]
     marked = [e.text() for e in raws[-1].walk() if e.tag == "mark"]
     assert marked == ['"label"']
+
+
+def test_versions_diff_line_by_line(client: TestClient, unique_name: str) -> None:
+    assert client.put(f"/v1/tasks/{unique_name}", json=spec("up/primary")).status_code == 201
+    changed = spec("up/primary", instructions="Label it, carefully.")
+    assert client.put(f"/v1/tasks/{unique_name}", json=changed).status_code == 200
+    page = Page(client.get(f"/ui/tasks/{unique_name}/diff", params={"a": 1, "b": 2}).text)
+    lines = [(e.attrs["class"], e.raw_text()) for e in page.by_id("diff-lines").walk()[1:]]
+    assert [line for line in lines if line[0] != "d-same"] == [
+        ("d-hunk", "@@ -13,7 +13,7 @@"),
+        ("d-del", '-  "instructions": "Label the message.",'),
+        ("d-add", '+  "instructions": "Label it, carefully.",'),
+    ]
+    same = Page(client.get(f"/ui/tasks/{unique_name}/diff", params={"a": 2, "b": 2}).text)
+    assert same.text("diff-lines") == "v2 and v2 are the same definition."
+    versions = Page(client.get(f"/ui/tasks/{unique_name}").text)
+    assert [o.text() for o in versions.by_id("diff-a").walk() if o.tag == "option"] == ["2", "1"]
+
+
+def test_try_it_shows_a_failed_run_as_its_problem(
+    client: TestClient, upstream, unique_name: str
+) -> None:
+    assert client.put(f"/v1/tasks/{unique_name}", json=spec("up/primary")).status_code == 201
+    page = Page(client.get(f"/ui/tasks/{unique_name}").text)
+    token = page.all("input", name="csrf")
+    assert token == []  # no keys: no sign-out form; the token travels in hx-headers
+    assert client.cookies.get("fw_session")  # the anonymous session the token belongs to
+    headers = {"x-csrf-token": _csrf(page)}
+    upstream.script("primary", "no", "still no")
+    response = client.post(
+        f"/ui/tasks/{unique_name}/try", data={"input": '{"text": "hi"}'}, headers=headers
+    )
+    assert response.status_code == 200
+    shown = Page(response.text)
+    assert shown.text("try-problem").startswith(
+        "502 No route produced valid output : "
+        f"no route produced output valid for task '{unique_name}'"
+    )
+    # the input was sent as JSON (an object), not as the text of the form field
+    assert upstream.requests[-2]["messages"][-1]["content"].endswith('{"text":"hi"}')
+
+
+def _csrf(page: Page) -> str:
+    """The session's CSRF token, from the page's htmx headers."""
+    import json
+
+    body = page.all("body")[0]
+    token: str = json.loads(body.attrs["hx-headers"])["X-CSRF-Token"]
+    return token
+
+
+def test_unknown_window_and_task(client: TestClient, unique_name: str) -> None:
+    response = client.get("/ui", params={"window": "2y"})
+    assert response.status_code == 422
+    assert response.json() == {
+        "type": "https://formwork.dev/problems/invalid-input",
+        "title": "Invalid input",
+        "status": 422,
+        "detail": "window must be one of 15m, 1h, 24h, 7d",
+        "instance": "/ui",
+        "errors": [{"path": "$.window", "message": "unknown window '2y'"}],
+        "request_id": response.headers["x-request-id"],
+    }
+    missing = client.get(f"/ui/tasks/{unique_name}")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "type": "https://formwork.dev/problems/task-not-found",
+        "title": "Task not found",
+        "status": 404,
+        "detail": f"no task named {unique_name!r}",
+        "instance": f"/ui/tasks/{unique_name}",
+        "request_id": missing.headers["x-request-id"],
+    }
