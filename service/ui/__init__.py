@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from formwork.auth import Keys
 from formwork.config import Settings
+from formwork.windows import WindowSums
 
 from .. import problems
 from . import actions, docs, pages
@@ -44,7 +45,10 @@ async def on_sign_in_required(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Serve the dashboard, its assets, and the offline ``/docs`` and ``/redoc``."""
-    app.state.ui = Ui(settings, Sessions(settings.ui, Keys(settings.api_keys)), templates())
+    sessions = Sessions(settings.ui, Keys(settings.api_keys))
+    # a bucket is settled once every replica has flushed into it
+    windows = WindowSums(settle_s=max(10.0, 3 * settings.metrics_flush_s))
+    app.state.ui = Ui(settings, sessions, templates(), windows)
     app.include_router(pages.router)
     app.include_router(actions.router)
     app.include_router(docs.router)

@@ -19,6 +19,7 @@ from formwork.metrics import Metrics
 from formwork.protocol import ErrorItem, TaskStats, TaskSummary, TaskVersion
 from formwork.registry import Registry
 from formwork.stats import WINDOWS, Series, stats_of, task_series, window_buckets
+from formwork.windows import WindowSums
 from training.cost import Tables
 from training.jobs import FinetuneJob, JobManager
 
@@ -61,8 +62,14 @@ class TaskPage:
 
 class Board:
     def __init__(
-        self, registry: Registry, metrics: Metrics, jobs: JobManager, settings: Settings
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        jobs: JobManager,
+        settings: Settings,
+        windows: WindowSums,
     ) -> None:
+        self._windows = windows
         self._registry = registry
         self._metrics = metrics
         self._jobs = jobs
@@ -75,11 +82,11 @@ class Board:
         return list(await asyncio.gather(*(self._row(s, window) for s in summaries)))
 
     async def _row(self, summary: TaskSummary, window: str) -> OverviewRow:
-        series = await task_series(self._metrics, summary.task, window)
+        summed = await self._windows.read(self._metrics, summary.task, window)
         return overview_row(
             summary,
-            stats_of(summary.task, window, series.total),
-            series,
+            stats_of(summary.task, window, summed.total),
+            summed.rates,
             default_model=self._settings.default_route,
             threshold=self._settings.ui.threshold(summary.task),
         )

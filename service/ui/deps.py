@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from formwork.config import Scope, Settings
 from formwork.errors import Forbidden, Unauthorized
+from formwork.windows import WindowSums
 
 from ..deps import JobsDep, MetricsDep, RegistryDep
 from .board import Board
@@ -24,6 +25,7 @@ class Ui:
     settings: Settings
     sessions: Sessions
     templates: Jinja2Templates
+    windows: WindowSums  # the overview's window totals, kept across requests
 
 
 class SignInRequired(Unauthorized):
@@ -39,7 +41,7 @@ UiDep = Annotated[Ui, Depends(get_ui)]
 
 
 async def get_board(ui: UiDep, registry: RegistryDep, metrics: MetricsDep, jobs: JobsDep) -> Board:
-    return Board(registry, metrics, jobs, ui.settings)
+    return Board(registry, metrics, jobs, ui.settings, ui.windows)
 
 
 BoardDep = Annotated[Board, Depends(get_board)]

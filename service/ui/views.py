@@ -69,7 +69,12 @@ class OverviewRow:
 
 
 def overview_row(
-    summary: TaskSummary, stats: TaskStats, series: Series, *, default_model: str, threshold: float
+    summary: TaskSummary,
+    stats: TaskStats,
+    rates: list[float | None],
+    *,
+    default_model: str,
+    threshold: float,
 ) -> OverviewRow:
     computed = stats.requests - stats.cache_hits
     return OverviewRow(
@@ -86,7 +91,7 @@ def overview_row(
         final_failure=stats.final_failure_rate,
         failure_rate=stats.total.format_failure_rate,
         threshold=threshold,
-        sparkline=series.overall_failure_rates(),
+        sparkline=rates,
         p50=stats.latency_ms_p50,
         p95=stats.latency_ms_p95,
     )
