@@ -1,0 +1,359 @@
+"""Dashboard benchmark: how long the overview and a task page take to render with 50 tasks and
+a 7-day window of recorded traffic, and the run path's cache-hit throughput with a dashboard
+open and refreshing vs without, in the same run.
+
+Everything runs on loopback and stops by itself: a redis-server of its own, the scripted
+upstream (tests/upstream.py), Formwork as a real ``uvicorn --factory`` subprocess and ``wrk``.
+The recorded traffic is written straight into Redis buckets through ``Metrics`` (its in-process
+counters for a bucket's time, then one flush), seven days of hour buckets and two hours of
+minute buckets for every task. Run from the repository root::
+
+    .venv/bin/python bench/dashboard.py                  # writes bench/dashboard.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.service_bench import (  # noqa: E402
+    ANSWER,
+    BenchUpstream,
+    Load,
+    Processes,
+    Sample,
+    free_port,
+    http_ok,
+    load_average,
+    machine,
+    prepare,
+    redis_ok,
+    run_body,
+    uvicorn_args,
+    wait_until,
+    wrk,
+)
+from formwork import keys  # noqa: E402
+from formwork.config import Settings  # noqa: E402
+from formwork.counters import attempt_amounts, attempt_names, request_names  # noqa: E402
+from formwork.metrics import Metrics  # noqa: E402
+from formwork.protocol import TaskSpec  # noqa: E402
+from formwork.registry import Registry  # noqa: E402
+from formwork.store import Store  # noqa: E402
+from formwork.validation import Validators  # noqa: E402
+from tests.upstream import Reply  # noqa: E402
+
+MODELS = ("up/gpt-4o-mini", "up/ft:gpt-4o-mini:acme:x:1", "up/gpt-4o")
+OUTCOMES = ("invalid_json", "schema_violation", "truncated", "timeout", "upstream_error")
+PATHS = ("$.email (format)", "$.name (required)", "$.total (minimum)", "$.items[0] (type)")
+HOURS, MINUTES = 168, 120
+
+
+def spec(i: int) -> TaskSpec:
+    return TaskSpec.model_validate(
+        {
+            "description": f"Benchmark task {i}",
+            "output_schema": {"type": "object", "properties": {"label": {"type": "string"}}},
+            "routes": [{"model": m} for m in MODELS],
+        }
+    )
+
+
+def simulated(rng: random.Random, requests: int) -> Counter[str]:
+    """The counters ``requests`` runs leave: hits, re-asks, fallbacks and failures mixed."""
+    counts: Counter[str] = Counter()
+    for _ in range(requests):
+        if rng.random() < 0.3:
+            counts.update(
+                request_names(
+                    ok=True,
+                    cached=True,
+                    fell_back=False,
+                    re_asked=False,
+                    model=None,
+                    latency_ms=rng.uniform(1, 4),
+                )
+            )
+            continue
+        ok = fell_back = re_asked = False
+        model = None
+        for route, m in enumerate(MODELS):
+            for n in (1, 2):
+                outcome = "valid" if rng.random() < 0.85 else rng.choice(OUTCOMES)
+                latency = rng.lognormvariate(6, 0.5)
+                failing = [rng.choice(PATHS)] if outcome == "schema_violation" else []
+                counts.update(
+                    attempt_names(m, outcome, latency, first=n == 1, reask=n > 1, paths=failing)
+                )
+                counts.update(attempt_amounts(m, outcome, latency, 400, 60))
+                re_asked |= n > 1
+                if outcome == "valid":
+                    ok, model = True, m
+                    break
+            if ok:
+                break
+            fell_back = route < len(MODELS) - 1
+        counts.update(
+            request_names(
+                ok=ok,
+                cached=False,
+                fell_back=fell_back,
+                re_asked=re_asked,
+                model=model,
+                latency_ms=rng.lognormvariate(6.2, 0.5),
+            )
+        )
+    return counts
+
+
+async def seed(redis_url: str, tasks: int) -> tuple[int, int]:
+    """Register the tasks and record 7 days of traffic for each; (buckets, counter fields)."""
+    settings = Settings(redis_url=SecretStr(redis_url))
+    store = Store.from_settings(settings)
+    registry = Registry(store, Validators(), refresh_s=1)
+    metrics = Metrics(store, flush_s=1, failures_kept=10, request_log_kept=0)
+    rng = random.Random(0)
+    hourly = [simulated(rng, 120) for _ in range(24)]
+    minutely = [simulated(rng, 8) for _ in range(24)]
+    now = time.time()
+    hour = int(now // keys.HOUR_S) * keys.HOUR_S
+    minute = int(now // keys.MINUTE_S) * keys.MINUTE_S
+    fields = 0
+    try:
+        for t in range(tasks):
+            name = f"bench-{t:02d}"
+            await registry.put(name, spec(t))
+            for h in range(2, HOURS):  # the last two hours come from the minute buckets
+                metrics._count(name, [], hour - h * keys.HOUR_S, hourly[(t + h) % 24])
+            for m in range(MINUTES):
+                metrics._count(name, [], minute - m * keys.MINUTE_S, minutely[(t + m) % 24])
+            fields += sum(len(c) for c in metrics._pending.values())
+            await metrics.flush()
+    finally:
+        await store.aclose()
+    return tasks * (HOURS + MINUTES), fields
+
+
+def time_renders(
+    service: str, paths: list[str], repeat: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Wall time (ms) of each page's first fetch (cold: the overview sums each task's window
+    from every bucket), then of ``repeat`` more fetches of each, in turn."""
+    cold: dict[str, float] = {}
+    timings: dict[str, list[float]] = {p: [] for p in paths}
+    with httpx.Client(base_url=service, timeout=60) as client:
+        for path in paths:
+            started = time.perf_counter()
+            response = client.get(path)
+            cold[path] = (time.perf_counter() - started) * 1000
+            if response.status_code != 200:
+                raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
+        for _ in range(repeat):
+            for path in paths:
+                started = time.perf_counter()
+                response = client.get(path, headers={"hx-request": "true"})
+                timings[path].append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: {response.status_code}")
+    return cold, timings
+
+
+class Dashboard(threading.Thread):
+    """An open dashboard: the overview and a task page, each refreshed every ``refresh_s``."""
+
+    def __init__(self, service: str, paths: list[str], refresh_s: float) -> None:
+        super().__init__(daemon=True)
+        self.service, self.paths, self.refresh_s = service, paths, refresh_s
+        self.stop = threading.Event()
+        self.renders = 0
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.service, timeout=60) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                for path in self.paths:
+                    client.get(path, headers={"hx-request": "true"}).raise_for_status()
+                    self.renders += 1
+                self.stop.wait(max(0.0, self.refresh_s - (time.monotonic() - started)))
+
+
+def throughput(
+    load: Load, args: argparse.Namespace, service: str, work: Path
+) -> dict[str, list[tuple[Sample, int]]]:
+    found: dict[str, list[tuple[Sample, int]]] = {"none": [], "open": []}
+    paths = [f"/ui?window={args.window}", f"/ui/tasks/bench-00?window={args.window}"]
+    wrk(load, args.warmup, work)
+    for n in range(args.rounds):
+        for mode in ["none", "open"] if n % 2 == 0 else ["open", "none"]:
+            boards = [Dashboard(service, paths, args.refresh) for _ in range(args.dashboards)]
+            if mode == "open":
+                for board in boards:
+                    board.start()
+            sample = wrk(load, args.duration, work)
+            for board in boards:
+                board.stop.set()
+                if board.is_alive():
+                    board.join()
+            found[mode].append((sample, sum(b.renders for b in boards)))
+            print(f"round {n + 1} dashboard {mode}: {sample.rps:,.0f} req/s", file=sys.stderr)
+    return found
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def report(
+    args: argparse.Namespace,
+    seeded: tuple[int, int],
+    renders: tuple[dict[str, float], dict[str, list[float]]],
+    hits: dict[str, list[tuple[Sample, int]]],
+    loads: tuple[str, str],
+) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Dashboard benchmark: render times and the run path with a dashboard open",
+        "",
+        f"- date: {now}",
+        f"- machine: {machine()}",
+        f"- command: `python bench/dashboard.py{''.join(' ' + a for a in sys.argv[1:])}`",
+        f"- data: {args.tasks} tasks, each with {HOURS} hour buckets (7 days) and {MINUTES} "
+        f"minute buckets of recorded traffic, 3 models; {seeded[0]:,} buckets, "
+        f"{seeded[1]:,} counter fields in Redis",
+        "- server: uvicorn --workers 1, log level warning, no access log; one redis-server",
+        f"- load average (1 min) before / after: {loads[0]} / {loads[1]}",
+        "",
+        f"## Render time: the first fetch of each page, then {args.repeat} more of each in turn",
+        "",
+        "| page | first ms | p50 ms | p95 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    cold, timed = renders
+    for path, values in timed.items():
+        lines.append(
+            f"| `{path}` | {cold[path]:.1f} | {statistics.median(values):.1f} | "
+            f"{pct(values, 0.95):.1f} | {max(values):.1f} |"
+        )
+    lines += [
+        "",
+        f"## Cache-hit throughput, wrk -t1 -c{args.concurrency}, {args.duration} s each, "
+        f"{args.dashboards} dashboard(s) refreshing the overview and a task page "
+        f"(window {args.window}) every {args.refresh:g} s",
+        "",
+        "| round | no dashboard req/s | dashboard open req/s | renders meanwhile | ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for n, (off, on) in enumerate(zip(hits["none"], hits["open"], strict=True)):
+        lines.append(
+            f"| {n + 1} | {off[0].rps:,.0f} | {on[0].rps:,.0f} | {on[1]} | "
+            f"{on[0].rps / off[0].rps:.0%} |"
+        )
+    off_rps = statistics.median(s.rps for s, _ in hits["none"])
+    on_rps = statistics.median(s.rps for s, _ in hits["open"])
+    lines += [
+        f"| median | {off_rps:,.0f} | {on_rps:,.0f} | | **{on_rps / off_rps:.0%}** |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=20, help="fetches of each page timed")
+    parser.add_argument("--concurrency", type=int, default=32, help="wrk connections")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk measurement")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dashboards", type=int, default=1, help="dashboards open at once")
+    parser.add_argument("--refresh", type=float, default=5.0, help="their refresh interval (s)")
+    parser.add_argument("--window", default="1h", help="the window they show")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "dashboard.md")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="formwork-bench-") as tmp, BenchUpstream() as upstream:
+        work = Path(tmp)
+        (work / "schemas").mkdir()
+        procs = Processes(work)
+        try:
+            text = measure(args, work, procs, upstream)
+        finally:
+            procs.stop_all()
+    print(text)
+    args.output.write_text(text)
+    print(f"written to {args.output}", file=sys.stderr)
+
+
+def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: BenchUpstream) -> str:
+    load_before = load_average()
+    upstream.set_default("*", Reply(content=ANSWER))
+    port = free_port()
+    procs.spawn(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(work),
+        ],
+    )
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    wait_until(procs, redis_ok(redis_url), "redis-server")
+    print("recording 7 days of traffic", file=sys.stderr)
+    seeded = asyncio.run(seed(redis_url, args.tasks))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
+    service_port = free_port()
+    service_env = env | {
+        "FORMWORK_CONFIG": str(work / "absent.toml"),
+        "FORMWORK_REDIS_URL": redis_url,
+        "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
+        "FORMWORK_PROVIDERS__UP__API_KEY": "x",
+        "FORMWORK_LOCAL__ENABLED": "false",
+        "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
+        "FORMWORK_LOG_LEVEL": "WARNING",
+    }
+    procs.spawn("formwork", uvicorn_args("service.app:create_app", service_port, 1), service_env)
+    service = f"http://127.0.0.1:{service_port}"
+    wait_until(procs, http_ok(service + "/healthz"), "formwork")
+
+    paths = [f"/ui?window={w}" for w in ("1h", "24h", "7d")]
+    paths += [f"/ui/tasks/bench-00?window={w}" for w in ("1h", "24h", "7d")]
+    print("timing renders", file=sys.stderr)
+    renders = time_renders(service, paths, args.repeat)
+
+    prepare(service, upstream)
+    path = "/v1/tasks/bench-label/run"
+    load = Load("hit", service + path, run_body("use"), args.concurrency, procs.pid("formwork"))
+    hits = throughput(load, args, service, work)
+    procs.check()
+    return report(args, seeded, renders, hits, (load_before, load_average()))
+
+
+if __name__ == "__main__":
+    main()
