@@ -184,6 +184,16 @@ REQUEST_FIELDS = {
 }
 
 
+def attempt_outcomes(raw: Counter[str]) -> Counter[str]:
+    """Attempts per outcome, every model summed: a cheaper read than ``decode`` when that is
+    all that is needed."""
+    outcomes: Counter[str] = Counter()
+    for name, n in raw.items():
+        if name.startswith("a" + SEP):
+            outcomes[name.rpartition(SEP)[2]] += n
+    return outcomes
+
+
 def decode(raw: Counter[str]) -> TaskCounts:
     """Counter names and values, as read from the buckets, into ``TaskCounts``."""
     decoded = TaskCounts()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import keys
@@ -36,7 +37,10 @@ def percentile(histogram: Counter[int], q: float) -> float | None:
 
 def format_failures(counts: ModelCounts) -> tuple[int, int]:
     """Format failures and answered attempts (the rate's numerator and denominator)."""
-    outcomes = counts.outcomes
+    return outcome_failures(counts.outcomes)
+
+
+def outcome_failures(outcomes: Mapping[str, int]) -> tuple[int, int]:
     answered = sum(v for k, v in outcomes.items() if k not in NO_ANSWER)
     failures = sum(v for k, v in outcomes.items() if k in FORMAT_FAILURES)
     return failures, answered
@@ -44,6 +48,10 @@ def format_failures(counts: ModelCounts) -> tuple[int, int]:
 
 def format_failure_rate(counts: ModelCounts) -> float | None:
     return _rate(*format_failures(counts))
+
+
+def outcome_failure_rate(outcomes: Mapping[str, int]) -> float | None:
+    return _rate(*outcome_failures(outcomes))
 
 
 def _model_stats(counts: ModelCounts) -> ModelStats:

@@ -17,9 +17,13 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from . import keys
-from .counters import TaskCounts, decode
+from .counters import TaskCounts, attempt_outcomes, decode
 from .metrics import Metrics
-from .stats import format_failure_rate, window_buckets
+from .stats import outcome_failure_rate, window_buckets
+
+
+def _rate(raw: Counter[str]) -> float | None:
+    return outcome_failure_rate(attempt_outcomes(raw))
 
 
 @dataclass(slots=True)
@@ -66,7 +70,7 @@ class WindowSums:
         read = await metrics.bucket_counters(task, resolution, entering + leaving + unsettled)
         for bucket, counts in zip(entering, read, strict=False):
             found.total.update(counts)
-            found.rates[bucket] = format_failure_rate(decode(counts).total())
+            found.rates[bucket] = _rate(counts)
         for bucket, counts in zip(leaving, read[len(entering) :], strict=False):
             found.total.subtract(counts)
             del found.rates[bucket]
@@ -76,10 +80,7 @@ class WindowSums:
         total = found.total.copy()
         for counts in fresh.values():
             total.update(counts)
-        rates = [
-            found.rates[b] if b in settled else format_failure_rate(decode(fresh[b]).total())
-            for b in starts
-        ]
+        rates = [found.rates[b] if b in settled else _rate(fresh[b]) for b in starts]
         return WindowTotal(starts, rates, decode(total))
 
     def _keep(self, key: tuple[str, str], found: _Sum) -> None:
