@@ -128,6 +128,8 @@ def test_sign_in_read_the_numbers_open_a_task_and_run_it(
     assert "1 attempt(s)" in text(page, "try-ok")
     wait(page, lambda d: text(d, "stat-requests") == "6")
     assert page.execute_script("return window.stillThisPage") is True
+    # the refreshed fragment's charts are drawn again
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".chart canvas")) == 2)
     if SHOTS:
         page.execute_script("document.getElementById('try').scrollIntoView()")
         shoot(page, "try")
