@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,17 +32,18 @@ sys.path.insert(0, str(ROOT))
 
 from bench.service_bench import (  # noqa: E402
     ANSWER,
-    BenchUpstream,
     Load,
     Processes,
     Sample,
+    formwork_env,
     free_port,
     http_ok,
     load_average,
     machine,
     prepare,
-    redis_ok,
+    run,
     run_body,
+    start_redis,
     uvicorn_args,
     wait_until,
     wrk,
@@ -57,7 +56,7 @@ from formwork.protocol import TaskSpec  # noqa: E402
 from formwork.registry import Registry  # noqa: E402
 from formwork.store import Store  # noqa: E402
 from formwork.validation import Validators  # noqa: E402
-from tests.upstream import Reply  # noqa: E402
+from tests.upstream import Reply, Upstream  # noqa: E402
 
 MODELS = ("up/gpt-4o-mini", "up/ft:gpt-4o-mini:acme:x:1", "up/gpt-4o")
 OUTCOMES = ("invalid_json", "schema_violation", "truncated", "timeout", "upstream_error")
@@ -300,54 +299,18 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    args = parse_args()
-    with tempfile.TemporaryDirectory(prefix="formwork-bench-") as tmp, BenchUpstream() as upstream:
-        work = Path(tmp)
-        (work / "schemas").mkdir()
-        procs = Processes(work)
-        try:
-            text = measure(args, work, procs, upstream)
-        finally:
-            procs.stop_all()
-    print(text)
-    args.output.write_text(text)
-    print(f"written to {args.output}", file=sys.stderr)
+    run(parse_args(), measure)
 
 
-def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: BenchUpstream) -> str:
+def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Upstream) -> str:
     load_before = load_average()
     upstream.set_default("*", Reply(content=ANSWER))
-    port = free_port()
-    procs.spawn(
-        "redis",
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(work),
-        ],
-    )
-    redis_url = f"redis://127.0.0.1:{port}/0"
-    wait_until(procs, redis_ok(redis_url), "redis-server")
+    redis_url = start_redis(procs, work)
     print("recording 7 days of traffic", file=sys.stderr)
     seeded = asyncio.run(seed(redis_url, args.tasks))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
     service_port = free_port()
-    service_env = env | {
-        "FORMWORK_CONFIG": str(work / "absent.toml"),
-        "FORMWORK_REDIS_URL": redis_url,
-        "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
-        "FORMWORK_PROVIDERS__UP__API_KEY": "x",
-        "FORMWORK_LOCAL__ENABLED": "false",
-        "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
-        "FORMWORK_LOG_LEVEL": "WARNING",
-    }
+    service_env = formwork_env(work, redis_url, upstream)
     procs.spawn("formwork", uvicorn_args("service.app:create_app", service_port, 1), service_env)
     service = f"http://127.0.0.1:{service_port}"
     wait_until(procs, http_ok(service + "/healthz"), "formwork")

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 SEP = " "
 LATENCY_BASE = 1.2  # histogram buckets grow by 20 %: percentiles within ~10 %
-PER_MODEL = ("a", "lat", "first", "firstok", "reask", "path", "served", "xin", "xout", "xms")
+PER_MODEL = frozenset(
+    {"a", "lat", "path", "first", "firstok", "reask", "served", "xin", "xout", "xms"}
+)
 # The outcome funnel, in order: each request ends in exactly one stage.
 STAGES = ("hit", "first", "repaired", "reask", "fallback", "failed")
 USED_OUTCOMES = frozenset({"valid", "repaired"})
@@ -151,6 +153,17 @@ class TaskCounts:
         return summed
 
 
+MODEL_FIELDS = {
+    "first": "first",
+    "firstok": "first_ok",
+    "reask": "re_asked",
+    "served": "served",
+    "xin": "wasted_prompt_tokens",
+    "xout": "wasted_completion_tokens",
+    "xms": "wasted_ms",
+}
+
+
 def _model_count(counts: ModelCounts, kind: str, tail: str, n: int) -> None:
     if kind == "a":
         counts.outcomes[tail] += n
@@ -158,20 +171,9 @@ def _model_count(counts: ModelCounts, kind: str, tail: str, n: int) -> None:
         counts.latency[int(tail)] += n
     elif kind == "path":
         counts.paths[tail] += n
-    elif kind == "first":
-        counts.first += n
-    elif kind == "firstok":
-        counts.first_ok += n
-    elif kind == "reask":
-        counts.re_asked += n
-    elif kind == "served":
-        counts.served += n
-    elif kind == "xin":
-        counts.wasted_prompt_tokens += n
-    elif kind == "xout":
-        counts.wasted_completion_tokens += n
-    elif kind == "xms":
-        counts.wasted_ms += n
+    else:
+        attr = MODEL_FIELDS[kind]
+        setattr(counts, attr, getattr(counts, attr) + n)
 
 
 REQUEST_FIELDS = {
