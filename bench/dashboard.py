@@ -21,10 +21,10 @@ import statistics
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
+import redis
 from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,17 +50,14 @@ from bench.service_bench import (  # noqa: E402
 )
 from formwork import keys  # noqa: E402
 from formwork.config import Settings  # noqa: E402
-from formwork.counters import attempt_amounts, attempt_names, request_names  # noqa: E402
 from formwork.metrics import Metrics  # noqa: E402
 from formwork.protocol import TaskSpec  # noqa: E402
 from formwork.registry import Registry  # noqa: E402
 from formwork.store import Store  # noqa: E402
 from formwork.validation import Validators  # noqa: E402
+from tests.service.ui.history import MODELS, record, simulated  # noqa: E402
 from tests.upstream import Reply, Upstream  # noqa: E402
 
-MODELS = ("up/gpt-4o-mini", "up/ft:gpt-4o-mini:acme:x:1", "up/gpt-4o")
-OUTCOMES = ("invalid_json", "schema_violation", "truncated", "timeout", "upstream_error")
-PATHS = ("$.email (format)", "$.name (required)", "$.total (minimum)", "$.items[0] (type)")
 HOURS, MINUTES = 168, 120
 
 
@@ -74,55 +71,9 @@ def spec(i: int) -> TaskSpec:
     )
 
 
-def simulated(rng: random.Random, requests: int) -> Counter[str]:
-    """The counters ``requests`` runs leave: hits, re-asks, fallbacks and failures mixed."""
-    counts: Counter[str] = Counter()
-    for _ in range(requests):
-        if rng.random() < 0.3:
-            counts.update(
-                request_names(
-                    ok=True,
-                    cached=True,
-                    fell_back=False,
-                    re_asked=False,
-                    model=None,
-                    latency_ms=rng.uniform(1, 4),
-                )
-            )
-            continue
-        ok = fell_back = re_asked = False
-        model = None
-        for route, m in enumerate(MODELS):
-            for n in (1, 2):
-                outcome = "valid" if rng.random() < 0.85 else rng.choice(OUTCOMES)
-                latency = rng.lognormvariate(6, 0.5)
-                failing = [rng.choice(PATHS)] if outcome == "schema_violation" else []
-                counts.update(
-                    attempt_names(m, outcome, latency, first=n == 1, reask=n > 1, paths=failing)
-                )
-                counts.update(attempt_amounts(m, outcome, latency, 400, 60))
-                re_asked |= n > 1
-                if outcome == "valid":
-                    ok, model = True, m
-                    break
-            if ok:
-                break
-            fell_back = route < len(MODELS) - 1
-        counts.update(
-            request_names(
-                ok=ok,
-                cached=False,
-                fell_back=fell_back,
-                re_asked=re_asked,
-                model=model,
-                latency_ms=rng.lognormvariate(6.2, 0.5),
-            )
-        )
-    return counts
-
-
 async def seed(redis_url: str, tasks: int) -> tuple[int, int]:
-    """Register the tasks and record 7 days of traffic for each; (buckets, counter fields)."""
+    """Register the tasks and record 7 days of traffic for each; the buckets read by a 7-day
+    window and the counter fields in Redis (both resolutions)."""
     settings = Settings(redis_url=SecretStr(redis_url))
     store = Store.from_settings(settings)
     registry = Registry(store, Validators(), refresh_s=1)
@@ -130,22 +81,22 @@ async def seed(redis_url: str, tasks: int) -> tuple[int, int]:
     rng = random.Random(0)
     hourly = [simulated(rng, 120) for _ in range(24)]
     minutely = [simulated(rng, 8) for _ in range(24)]
+    hours = [hourly[h % 24] for h in range(HOURS)]
+    minutes = [minutely[m % 24] for m in range(MINUTES)]
     now = time.time()
-    hour = int(now // keys.HOUR_S) * keys.HOUR_S
-    minute = int(now // keys.MINUTE_S) * keys.MINUTE_S
-    fields = 0
     try:
         for t in range(tasks):
             name = f"bench-{t:02d}"
             await registry.put(name, spec(t))
-            for h in range(2, HOURS):  # the last two hours come from the minute buckets
-                metrics._count(name, [], hour - h * keys.HOUR_S, hourly[(t + h) % 24])
-            for m in range(MINUTES):
-                metrics._count(name, [], minute - m * keys.MINUTE_S, minutely[(t + m) % 24])
-            fields += sum(len(c) for c in metrics._pending.values())
-            await metrics.flush()
+            await record(metrics, name, now, hours=hours, minutes=minutes, offset=t)
+
     finally:
         await store.aclose()
+    with redis.Redis.from_url(redis_url) as client:
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(keys.PREFIX + "metrics:*", count=1000):
+            pipe.hlen(key)
+        fields = sum(pipe.execute())
     return tasks * (HOURS + MINUTES), fields
 
 

@@ -1,4 +1,5 @@
-// Draws the task page's charts with uPlot from the JSON that each (re)rendered fragment carries,
+// Draws the task page's charts with uPlot from the JSON each (re)rendered fragment carries in its
+// data-series attribute (htmx drops script elements from swapped content),
 // and sends the browser to the sign-in page when a refresh finds the session gone.
 (function () {
   "use strict";
@@ -64,16 +65,19 @@
     charts = [];
     if (typeof uPlot === "undefined") { return; }
     document.querySelectorAll("[data-chart]").forEach(function (el) {
-      var source = document.getElementById(el.getAttribute("data-source"));
+      var source = el.closest("[data-series]");
       if (!source) { return; }
       el.textContent = "";
-      charts.push(build(el, JSON.parse(source.textContent)));
+      charts.push(build(el, JSON.parse(source.getAttribute("data-series"))));
     });
   }
 
   document.addEventListener("DOMContentLoaded", drawAll);
-  document.addEventListener("htmx:afterSettle", function (e) {
-    if (e.target && e.target.querySelector && e.target.querySelector("[data-chart]")) { drawAll(); }
+  // htmx:load fires on each piece of content htmx puts in the page (an outerHTML swap's old
+  // element is detached by then, so events on it would not reach the document)
+  document.addEventListener("htmx:load", function (e) {
+    var elt = e.detail && e.detail.elt;
+    if (elt && elt.querySelector && elt !== document.body && elt.querySelector("[data-chart]")) { drawAll(); }
   });
   document.addEventListener("htmx:responseError", function (e) {
     if (e.detail.xhr.status === 401) {

@@ -49,6 +49,7 @@ class LiveServer:
 
         from service.app import create_app
 
+        self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(

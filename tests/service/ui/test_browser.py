@@ -5,21 +5,27 @@ server. Screenshots of each page go to ``$FORMWORK_TEST_SCREENSHOTS`` when it is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from formwork.config import Settings
 from service.ui.filters import pct
+from tests.service.helpers import spec
 from tests.service.ui.conftest import KEYS, LiveServer
+from tests.service.ui.history import MODELS, record, simulated
 from tests.service.ui.traffic import MARKUP, make_traffic
 from tests.training.helpers import spec_body
 from tests.upstream import Upstream
@@ -44,7 +50,11 @@ def api(live: LiveServer, who: str = "operator") -> httpx.Client:
 
 
 def wait(page: WebDriver, until: Any, timeout: float = 10) -> Any:
-    return WebDriverWait(page, timeout, poll_frequency=0.1).until(until)
+    """Until ``until`` holds; an element a refresh swapped out meanwhile means: look again."""
+    waiting = WebDriverWait(
+        page, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
+    return waiting.until(until)
 
 
 def sign_in(page: WebDriver, live: LiveServer, who: str, target: str = "/ui") -> None:
@@ -76,6 +86,40 @@ def assert_only_local(urls: list[str], live: LiveServer) -> None:
     assert elsewhere == []
 
 
+async def record_history(live: LiveServer, tasks: dict[str, float]) -> None:
+    """A week of traffic for more tasks (task -> chance an attempt fails), for screenshots."""
+    from formwork.metrics import Metrics
+    from formwork.store import Store
+
+    store = Store.from_settings(live.settings)
+    metrics = Metrics(store, flush_s=1, failures_kept=10, request_log_kept=0)
+    rng = random.Random(1)
+    try:
+        for task, fail in tasks.items():
+            hours = [simulated(rng, 40, fail=fail * (1 + (h % 24) / 12)) for h in range(168)]
+            minutes = [simulated(rng, 3, fail=fail) for _ in range(120)]
+            await record(metrics, task, time.time(), hours=hours, minutes=minutes)
+    finally:
+        await store.aclose()
+
+
+def with_history(page: WebDriver, live: LiveServer) -> None:
+    """Screenshots of the overview and a task page with a week of history behind them."""
+    tasks = {"invoice-fields": 0.02, "ticket-triage": 0.09, "contact-extraction": 0.04}
+    with api(live) as http:
+        for task in tasks:
+            routes = [{"model": m} for m in MODELS]
+            assert (
+                http.put(f"/v1/tasks/{task}", json=spec("up/x", routes=routes)).status_code == 201
+            )
+    asyncio.run(record_history(live, tasks))
+    page.get(live.url + "/ui?window=7d")
+    shoot(page, "overview")
+    page.get(live.url + "/ui/tasks/ticket-triage?window=24h")
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".chart canvas")) == 2)
+    shoot(page, "task-history", height=1300)
+
+
 def shoot(page: WebDriver, name: str, height: int | None = None) -> None:
     if not SHOTS:
         return
@@ -103,7 +147,6 @@ def test_sign_in_read_the_numbers_open_a_task_and_run_it(
     assert cell["final_failure"] == pct(stats["final_failure_rate"]) == "20.0 %"
     assert cell["failure_rate"].startswith(pct(stats["total"]["format_failure_rate"]))
     assert "over" in row.get_attribute("class")
-    shoot(page, "overview")
 
     row.find_element(By.LINK_TEXT, unique_name).click()
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-chart=rates] canvas"))
@@ -134,6 +177,8 @@ def test_sign_in_read_the_numbers_open_a_task_and_run_it(
         page.execute_script("document.getElementById('try').scrollIntoView()")
         shoot(page, "try")
     assert_only_local(requested(page), live)
+    if SHOTS:
+        with_history(page, live)
 
 
 def test_a_read_key_sees_no_actions(page: WebDriver, live: LiveServer, unique_name: str) -> None:
