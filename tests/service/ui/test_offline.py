@@ -75,3 +75,24 @@ def test_dashboard_pages_forbid_loading_from_elsewhere(client: TestClient) -> No
     assert "default-src 'self'" in CSP
     assert "script-src 'self';" in CSP
     assert "http" not in CSP
+
+
+def test_the_package_ships_every_template_and_asset() -> None:
+    """``[tool.setuptools.package-data]`` names every file the dashboard serves or renders."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["service.ui"]
+    package = root / "service" / "ui"
+    shipped = {path for pattern in patterns for path in package.glob(pattern) if path.is_file()}
+    wanted = {
+        path
+        for folder in ("static", "templates")
+        for path in (package / folder).rglob("*")
+        if path.is_file()
+    }
+    assert wanted
+    assert sorted(str(p.relative_to(package)) for p in wanted - shipped) == []
