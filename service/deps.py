@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
+from formwork.assembly import Core
 from formwork.auth import Keys
 from formwork.config import Scope, Settings
 from formwork.metrics import Metrics
@@ -33,6 +34,10 @@ class AppState:
 def _state(request: Request) -> AppState:
     found: AppState = request.app.state.formwork
     return found
+
+
+async def get_core(request: Request) -> Core:
+    return _state(request).services.core
 
 
 async def get_registry(request: Request) -> Registry:
@@ -63,6 +68,7 @@ async def get_jobs(request: Request) -> JobManager:
     return _state(request).services.jobs
 
 
+CoreDep = Annotated[Core, Depends(get_core)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -16,7 +16,8 @@ from formwork.config import Settings
 from formwork.windows import WindowSums
 
 from .. import problems
-from . import actions, docs, pages
+from . import actions, docs, evaluations, pages
+from .comparisons import Comparisons
 from .deps import SignInRequired, Ui
 from .filters import FILTERS
 from .session import Sessions
@@ -48,9 +49,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     sessions = Sessions(settings.ui, Keys(settings.api_keys))
     # a bucket is settled once every replica has flushed into it
     windows = WindowSums(settle_s=max(10.0, 3 * settings.metrics_flush_s))
-    app.state.ui = Ui(settings, sessions, templates(), windows)
+    app.state.ui = Ui(settings, sessions, templates(), windows, Comparisons())
     app.include_router(pages.router)
     app.include_router(actions.router)
+    app.include_router(evaluations.router)
     app.include_router(docs.router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
     app.add_exception_handler(SignInRequired, on_sign_in_required)

@@ -17,6 +17,7 @@ from formwork.windows import WindowSums
 
 from ..deps import JobsDep, MetricsDep, RegistryDep
 from .board import Board
+from .comparisons import Comparisons
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, Sessions, Viewer
 
 
@@ -26,6 +27,7 @@ class Ui:
     sessions: Sessions
     templates: Jinja2Templates
     windows: WindowSums  # the overview's window totals, kept across requests
+    comparisons: Comparisons  # evaluations awaiting promotion
 
 
 class SignInRequired(Unauthorized):

@@ -70,6 +70,14 @@ def text(page: WebDriver, element_id: str) -> str:
     return found
 
 
+def texts(page: WebDriver, selector: str) -> list[str]:
+    """The rendered text of every element ``selector`` matches, read in one step (a refresh
+    cannot swap them out half-way)."""
+    script = "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText)"
+    found: list[str] = page.execute_script(script, selector)
+    return found
+
+
 def requested(page: WebDriver) -> list[str]:
     """Every URL the browser asked for since the log was last read."""
     urls = []
@@ -139,24 +147,28 @@ def test_sign_in_read_the_numbers_open_a_task_and_run_it(
         page.get(live.url + "/ui/signin")
         shoot(page, "signin")
     sign_in(page, live, "runner")
-    row = page.find_element(By.ID, f"task-{unique_name}")
-    cell = {c.get_attribute("data-col"): c.text for c in row.find_elements(By.CSS_SELECTOR, "td")}
+    cells = page.execute_script(
+        "return Object.fromEntries(Array.from(document.querySelectorAll(arguments[0]),"
+        " c => [c.dataset.col, c.innerText]))",
+        f"#task-{unique_name} td[data-col]",
+    )
+    cell = {k: v.strip() for k, v in cells.items()}
     assert cell["requests"] == str(stats["requests"]) == "5"
     assert cell["cache_hit"] == pct(stats["cache_hits"] / stats["requests"]) == "20.0 %"
     assert cell["first_valid"] == pct(stats["total"]["first_attempt_valid_rate"])
     assert cell["final_failure"] == pct(stats["final_failure_rate"]) == "20.0 %"
     assert cell["failure_rate"].startswith(pct(stats["total"]["format_failure_rate"]))
-    assert "over" in row.get_attribute("class")
+    assert texts(page, f"tr.over#task-{unique_name}")  # stands out: over the threshold
 
-    row.find_element(By.LINK_TEXT, unique_name).click()
+    wait(page, lambda d: d.find_element(By.LINK_TEXT, unique_name).click() or True)
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-chart=rates] canvas"))
-    paths = [r.text for r in page.find_elements(By.CSS_SELECTOR, "tr.path-row")]
+    paths = [" ".join(t.split()) for t in texts(page, "tr.path-row")]
     assert paths == [
         "up/primary $.label (enum) 1 '<script>alert(1)</script>' is not one of ['spam', 'ham']"
     ]
-    raw = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#failures pre.raw"))
-    assert raw[-1].text == MARKUP  # shown as text, not run
-    assert raw[-1].find_element(By.TAG_NAME, "mark").text == '"label"'
+    raw = wait(page, lambda d: texts(d, "#failures pre.raw"))
+    assert raw[-1] == MARKUP  # shown as text, not run
+    assert texts(page, "#failures pre.raw mark")[-1] == '"label"'
     assert page.find_elements(By.CSS_SELECTOR, "#failures script") == []
     shoot(page, "task", height=2600)
 
@@ -187,7 +199,7 @@ def test_a_read_key_sees_no_actions(page: WebDriver, live: LiveServer, unique_na
     sign_in(page, live, "reader", f"/ui/tasks/{unique_name}")
     wait(page, lambda d: d.find_element(By.ID, "jobs"))
     assert text(page, "who") == "reader"
-    for absent in ("try-form", "finetune-form"):
+    for absent in ("try-form", "finetune-form", "evaluate-form"):
         assert page.find_elements(By.ID, absent) == []
     assert "needs a key with the run scope" in text(page, "try")
 
@@ -204,14 +216,14 @@ def test_an_admin_starts_and_cancels_a_finetune(
     model.clear()
     model.send_keys("gpt-4o-mini-2024-07-18")
     page.find_element(By.ID, "finetune-start").click()
-    message = wait(page, lambda d: d.find_elements(By.ID, "finetune-message"))
-    job_id = message[0].text.removeprefix("started job ")
-    row = page.find_element(By.ID, f"job-{job_id}")
+    message = wait(page, lambda d: texts(d, "#finetune-message"))
+    job_id = message[0].removeprefix("started job ")
+    row = texts(page, f"#job-{job_id}")[0]
     # the page brings running jobs up to date: the upstream's job moved on to "running"
-    assert row.text.split()[:4] == [job_id, "openai", "gpt-4o-mini-2024-07-18", "running"]
-    row.find_element(By.CSS_SELECTOR, "button.danger").click()
+    assert row.split()[:4] == [job_id, "openai", "gpt-4o-mini-2024-07-18", "running"]
+    wait(page, lambda d: d.find_element(By.CSS_SELECTOR, f"#job-{job_id} .danger").click() or 1)
     page.switch_to.alert.accept()
-    wait(page, lambda d: text(d, "finetune-message") == f"job {job_id}: cancelled")
+    wait(page, lambda d: "cancelled" in texts(d, f"#job-{job_id}")[0])
     with api(live, "reader") as http:
         assert http.get(f"/v1/finetunes/{job_id}").json()["status"] == "cancelled"
 

@@ -108,7 +108,7 @@ def test_a_read_key_sees_no_actions_and_cannot_act(client: TestClient, unique_na
     assert client.put(f"/v1/tasks/{unique_name}", json=spec(), headers=admin).status_code == 201
     token = sign_in(client, "reader")
     page = Page(client.get(f"/ui/tasks/{unique_name}").text)
-    for absent in ("try-form", "finetune-form"):
+    for absent in ("try-form", "finetune-form", "evaluate-form"):
         assert not page.has_id(absent)
     url = f"/ui/tasks/{unique_name}/try"
     refused = client.post(url, data={"input": "hi", "csrf": token})
@@ -119,6 +119,12 @@ def test_a_read_key_sees_no_actions_and_cannot_act(client: TestClient, unique_na
     start = f"/ui/tasks/{unique_name}/finetunes"
     body = {"provider": "local", "base_model": "smollm2-135m", "csrf": token}
     assert client.post(start, data=body).json()["detail"] == "this key lacks the 'admin' scope"
+    evaluate = {"candidate": "up/x", "test": "{}", "csrf": token}
+    refused = client.post(f"/ui/tasks/{unique_name}/evaluate", data=evaluate)
+    assert (refused.status_code, refused.json()["detail"]) == (
+        403,
+        "this key lacks the 'admin' scope",
+    )
 
 
 def test_state_changes_need_the_csrf_token_and_a_same_origin_sender(
