@@ -122,6 +122,20 @@ def test_task_page_funnel_paths_tax_and_escaped_failures(
     marked = [e.text() for e in raws[-1].walk() if e.tag == "mark"]
     assert marked == ['"label"']
 
+    def shown_for(**filters: str) -> list[tuple[str, str]]:
+        found = client.get(f"/ui/tasks/{unique_name}/failures", params=filters)
+        headers = [e.text() for e in Page(found.text).root.walk() if e.tag == "header"]
+        return [(h.split()[0], h.split()[1]) for h in headers]
+
+    assert shown_for(path="$.label") == [("schema_violation", "up/primary")]
+    assert shown_for(outcome="invalid_json") == [
+        ("invalid_json", "up/backup"),
+        ("invalid_json", "up/backup"),
+        ("invalid_json", "up/primary"),
+        ("invalid_json", "up/primary"),
+    ]
+    assert shown_for(model="up/backup", outcome="upstream_error") == []
+
 
 def test_versions_diff_line_by_line(client: TestClient, unique_name: str) -> None:
     assert client.put(f"/v1/tasks/{unique_name}", json=spec("up/primary")).status_code == 201
