@@ -13,7 +13,7 @@ from pydantic import JsonValue
 
 from formwork.counters import STAGES, TaskCounts
 from formwork.protocol import FailureRecord, TaskStats, TaskSummary, TaskVersion
-from formwork.stats import Series, format_failure_rate
+from formwork.stats import Series
 from training.cost import MILLION, Tables
 
 STAGE_LABELS = {
@@ -173,10 +173,6 @@ def chart_data(series: Series, markers: list[tuple[float, str]]) -> dict[str, Js
         "mix": [list(v) for v in outcomes.values()],
         "markers": [[at, label] for at, label in markers],
     }
-
-
-def model_failure_rates(counts: TaskCounts) -> dict[str, float | None]:
-    return {m: format_failure_rate(c) for m, c in sorted(counts.models.items())}
 
 
 @dataclass(frozen=True, slots=True)
