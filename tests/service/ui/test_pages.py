@@ -3,6 +3,7 @@ loopback rule applies and the browser gets an anonymous session)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -103,11 +104,17 @@ def test_task_page_funnel_paths_tax_and_escaped_failures(
     assert [r.text() for r in page.all("tr", **{"class": "path-row"})] == [
         "up/primary $.label (enum) 1 '<script>alert(1)</script>' is not one of ['spam', 'ham']"
     ]
-    tax_rows = [e.text() for e in page.by_id("tax").walk() if e.tag == "tr"][1:]
-    assert tax_rows == [
-        "up/backup 2 22 14 0.0 s not priced",
-        "up/primary 4 33 21 0.0 s not priced",
+    tax_rows = [
+        [td.text() for td in tr.walk() if td.tag == "td"]
+        for tr in page.by_id("tax").walk()
+        if tr.tag == "tr"
+    ][1:]
+    # the time the wasted attempts took is measured, so only its form is checked
+    assert [row[:4] + row[5:] for row in tax_rows] == [
+        ["up/backup", "2", "22", "14", "not priced"],
+        ["up/primary", "4", "33", "21", "not priced"],
     ]
+    assert all(re.fullmatch(r"\d+\.\d s", row[4]) for row in tax_rows)
     assert page.text("stat-requests") == "5"
     assert page.text("stat-rate") == "62.5 %"
 
