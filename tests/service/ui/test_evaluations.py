@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 
+from service.ui import evaluations
 from tests.service.helpers import spec
 from tests.service.ui.html import Page
 from tests.upstream import Upstream
@@ -25,7 +27,11 @@ def csrf(client: TestClient, task: str) -> dict[str, str]:
     return {"x-csrf-token": token}
 
 
-def test_evaluate_then_promote(client: TestClient, upstream: Upstream, unique_name: str) -> None:
+def test_evaluate_then_promote(
+    client: TestClient, upstream: Upstream, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one case at a time, so that the candidate's scripted replies meet the rows in order
+    monkeypatch.setattr(evaluations, "CONCURRENCY", 1)
     task = unique_name
     assert client.put(f"/v1/tasks/{task}", json=spec("up/primary")).status_code == 201
     headers = csrf(client, task)
