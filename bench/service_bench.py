@@ -472,6 +472,14 @@ def main() -> None:
     args = parse_args()
     if args.nice:
         os.nice(args.nice)  # inherited by redis-server, both servers and wrk
+    run(args, measure)
+
+
+Measure = Callable[[argparse.Namespace, Path, "Processes", Upstream], str]
+
+
+def run(args: argparse.Namespace, measure: Measure) -> None:
+    """Measure with a scripted upstream and processes of its own; print and write the report."""
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     with tempfile.TemporaryDirectory(prefix="formwork-bench-") as tmp, BenchUpstream() as upstream:
@@ -487,25 +495,25 @@ def main() -> None:
     print(f"written to {args.output}", file=sys.stderr)
 
 
-def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Upstream) -> str:
-    load_before = load_average()
-    upstream.set_default("*", Reply(content=ANSWER))
-    redis_url = args.redis_url
-    if redis_url is None:
-        port = free_port()
-        procs.spawn(
-            "redis",
-            [
-                *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(work)),
-            ],
-        )
-        redis_url = f"redis://127.0.0.1:{port}/0"
-    wait_until(procs, redis_ok(redis_url), "redis-server")
+def start_redis(procs: Processes, work: Path) -> str:
+    """A redis-server of the benchmark's own on a free port, without persistence; its URL."""
+    port = free_port()
+    procs.spawn(
+        "redis",
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(work)),
+        ],
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(procs, redis_ok(url), "redis-server")
+    return url
 
+
+def formwork_env(work: Path, redis_url: str, upstream: Upstream) -> dict[str, str]:
+    """Formwork's environment: this Redis, the upstream as provider ``up``, nothing else."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
-    service_port, reference_port = free_port(), free_port()
-    service_env = env | {
+    return env | {
         "FORMWORK_CONFIG": str(work / "absent.toml"),
         "FORMWORK_REDIS_URL": redis_url,
         "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
@@ -514,10 +522,22 @@ def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Up
         "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
         "FORMWORK_LOG_LEVEL": "WARNING",
     }
+
+
+def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Upstream) -> str:
+    load_before = load_average()
+    upstream.set_default("*", Reply(content=ANSWER))
+    redis_url = args.redis_url
+    if redis_url is None:
+        redis_url = start_redis(procs, work)
+    wait_until(procs, redis_ok(redis_url), "redis-server")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
+    service_port, reference_port = free_port(), free_port()
     procs.spawn(
         "formwork",
         uvicorn_args("service.app:create_app", service_port, args.workers),
-        service_env,
+        formwork_env(work, redis_url, upstream),
     )
     service = f"http://127.0.0.1:{service_port}"
     wait_until(procs, http_ok(service + "/healthz"), "formwork")

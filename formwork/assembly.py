@@ -129,16 +129,7 @@ async def open_core(
         )
         if record:
             stack.push_async_callback(metrics.flush)
-        runner = Runner(
-            registry,
-            providers,
-            cache,
-            SingleFlight(store, cache),
-            metrics,
-            validators,
-            deadline_s=settings.request_deadline_s,
-            retry_after_max_s=settings.retry_after_max_s,
-        )
+        runner = _runner(settings, store, registry, providers, cache, metrics, validators)
         batches = BatchJobs(store, runner, concurrency=settings.batch_concurrency)
         stack.push_async_callback(batches.aclose)
         core = Core(
@@ -147,6 +138,42 @@ async def open_core(
         if background:
             start_background(stack, core)
         yield core
+
+
+def _runner(
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    providers: Providers,
+    cache: Cache,
+    metrics: Metrics,
+    validators: Validators,
+) -> Runner:
+    return Runner(
+        registry,
+        providers,
+        cache,
+        SingleFlight(store, cache),
+        metrics,
+        validators,
+        deadline_s=settings.request_deadline_s,
+        retry_after_max_s=settings.retry_after_max_s,
+    )
+
+
+def unrecorded_runner(core: Core) -> Runner:
+    """A runner on the core's registry, providers and validators whose attempts stay out of the
+    stats and logs: evaluation inside a running service. Make one per evaluation."""
+    metrics = Metrics(core.store, flush_s=NO_FLUSH_S, failures_kept=10, request_log_kept=0)
+    return _runner(
+        core.settings,
+        core.store,
+        core.registry,
+        core.providers,
+        core.cache,
+        metrics,
+        core.validators,
+    )
 
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:

@@ -30,6 +30,21 @@ class Keys:
     def enabled(self) -> bool:
         return bool(self._by_digest)
 
+    def identify(self, key: str) -> tuple[str, frozenset[Scope]] | None:
+        """The name and scopes of a key, or None when it is not one of ours."""
+        wanted = digest(key.strip())
+        for known, found in self._by_digest.items():
+            if hmac.compare_digest(known, wanted):
+                return found
+        return None
+
+    def scopes_of(self, name: str) -> frozenset[Scope]:
+        """The scopes of the key configured under ``name`` (none when it is gone)."""
+        for known_name, scopes in self._by_digest.values():
+            if known_name == name:
+                return scopes
+        return frozenset()
+
     def check(self, authorization: str | None, scope: Scope) -> str | None:
         """The key's name when it may use ``scope``; None when auth is off."""
         if not self.enabled:

@@ -94,6 +94,27 @@ class TrainingSettings(BaseModel):
     harvest_limit: int = Field(10000, ge=1, description="Logged runs read at most per harvest.")
 
 
+class UiSettings(BaseModel):
+    """The dashboard at ``/ui``."""
+
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Signs session cookies; when unset each process makes its own (sessions "
+        "then last until it restarts and do not carry across replicas).",
+    )
+    session_ttl_s: int = Field(8 * 3600, ge=60, description="A session cookie's lifetime.")
+    refresh_s: float = Field(5.0, ge=1, description="How often open pages refresh their numbers.")
+    failure_threshold: float = Field(
+        0.05, ge=0, le=1, description="Format-failure rate above which a task stands out."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-task format-failure thresholds (task -> rate)."
+    )
+
+    def threshold(self, task: str) -> float:
+        return self.thresholds.get(task, self.failure_threshold)
+
+
 class Settings(BaseSettings):
     """Everything Formwork reads from its environment."""
 
@@ -138,6 +159,7 @@ class Settings(BaseSettings):
     request_log_kept: int = Field(10000, ge=0, description="Successful runs kept per task.")
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
     log_level: str = Field("INFO", description="Python logging level.")
 
     @classmethod

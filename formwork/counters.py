@@ -3,9 +3,12 @@
 A name is a kind and its parts joined by a space (model refs never contain whitespace). Names
 are made and parsed here only, so adding a counter is one change in one module.
 
-Per request: ``req``, ``ok`` | ``fail``, ``hit``, ``fallback``, ``reask``, ``rlat <bucket>`` and
-``served <model>``. Per attempt: ``a <model> <outcome>``, ``lat <model> <bucket>``,
-``first <model>``, ``firstok <model>``, ``reask <model>`` and ``path <model> <path>``.
+Per request: ``req``, ``ok`` | ``fail``, ``hit``, ``fallback``, ``reask``, ``rlat <bucket>``,
+``served <model>`` and ``end <stage>`` (where it ended in the outcome funnel, ``STAGES``). Per
+attempt: ``a <model> <outcome>``, ``lat <model> <bucket>``, ``first <model>``,
+``firstok <model>``, ``reask <model>`` and ``path <model> <path>``; a wasted attempt (one whose
+output was not used) also adds its tokens and milliseconds to ``xin <model>``, ``xout <model>``
+and ``xms <model>``: the format tax.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from dataclasses import dataclass, field
 
 SEP = " "
 LATENCY_BASE = 1.2  # histogram buckets grow by 20 %: percentiles within ~10 %
-PER_MODEL = ("a", "lat", "first", "firstok", "reask", "path", "served")
+PER_MODEL = frozenset(
+    {"a", "lat", "path", "first", "firstok", "reask", "served", "xin", "xout", "xms"}
+)
+# The outcome funnel, in order: each request ends in exactly one stage.
+STAGES = ("hit", "first", "repaired", "reask", "fallback", "failed")
+USED_OUTCOMES = frozenset({"valid", "repaired"})
 
 
 def latency_bucket(ms: float) -> int:
@@ -46,16 +54,45 @@ def attempt_names(
     return names
 
 
+def attempt_amounts(
+    model: str, outcome: str, latency_ms: float, prompt_tokens: int, completion_tokens: int
+) -> dict[str, int]:
+    """What a wasted attempt cost (nothing for one whose output was used)."""
+    if outcome in USED_OUTCOMES:
+        return {}
+    return {
+        _name("xin", model): prompt_tokens,
+        _name("xout", model): completion_tokens,
+        _name("xms", model): round(latency_ms),
+    }
+
+
+def stage(*, ok: bool, cached: bool, fell_back: bool, re_asked: bool, repaired: bool) -> str:
+    """Where a request ended in the outcome funnel."""
+    if cached:
+        return "hit"
+    if not ok:
+        return "failed"
+    if fell_back:
+        return "fallback"
+    if re_asked:
+        return "reask"
+    return "repaired" if repaired else "first"
+
+
 def request_names(
     *,
     ok: bool,
     cached: bool,
     fell_back: bool,
     re_asked: bool,
+    repaired: bool = False,
     model: str | None,
     latency_ms: float,
 ) -> list[str]:
+    end = stage(ok=ok, cached=cached, fell_back=fell_back, re_asked=re_asked, repaired=repaired)
     names = ["req", _name("rlat", latency_bucket(latency_ms)), "ok" if ok else "fail"]
+    names.append(_name("end", end))
     if cached:
         names.append("hit")
     if fell_back:
@@ -78,6 +115,9 @@ class ModelCounts:
     first_ok: int = 0
     re_asked: int = 0
     served: int = 0
+    wasted_prompt_tokens: int = 0
+    wasted_completion_tokens: int = 0
+    wasted_ms: int = 0
 
     def add(self, other: ModelCounts) -> None:
         self.outcomes.update(other.outcomes)
@@ -87,6 +127,9 @@ class ModelCounts:
         self.first_ok += other.first_ok
         self.re_asked += other.re_asked
         self.served += other.served
+        self.wasted_prompt_tokens += other.wasted_prompt_tokens
+        self.wasted_completion_tokens += other.wasted_completion_tokens
+        self.wasted_ms += other.wasted_ms
 
 
 @dataclass
@@ -100,6 +143,7 @@ class TaskCounts:
     fell_back: int = 0
     re_asked: int = 0
     latency: Counter[int] = field(default_factory=Counter)  # bucket -> requests
+    stages: Counter[str] = field(default_factory=Counter)  # funnel stage -> requests
     models: dict[str, ModelCounts] = field(default_factory=dict)
 
     def total(self) -> ModelCounts:
@@ -109,6 +153,17 @@ class TaskCounts:
         return summed
 
 
+MODEL_FIELDS = {
+    "first": "first",
+    "firstok": "first_ok",
+    "reask": "re_asked",
+    "served": "served",
+    "xin": "wasted_prompt_tokens",
+    "xout": "wasted_completion_tokens",
+    "xms": "wasted_ms",
+}
+
+
 def _model_count(counts: ModelCounts, kind: str, tail: str, n: int) -> None:
     if kind == "a":
         counts.outcomes[tail] += n
@@ -116,14 +171,9 @@ def _model_count(counts: ModelCounts, kind: str, tail: str, n: int) -> None:
         counts.latency[int(tail)] += n
     elif kind == "path":
         counts.paths[tail] += n
-    elif kind == "first":
-        counts.first += n
-    elif kind == "firstok":
-        counts.first_ok += n
-    elif kind == "reask":
-        counts.re_asked += n
-    elif kind == "served":
-        counts.served += n
+    else:
+        attr = MODEL_FIELDS[kind]
+        setattr(counts, attr, getattr(counts, attr) + n)
 
 
 REQUEST_FIELDS = {
@@ -134,6 +184,16 @@ REQUEST_FIELDS = {
     "fallback": "fell_back",
     "reask": "re_asked",
 }
+
+
+def attempt_outcomes(raw: Counter[str]) -> Counter[str]:
+    """Attempts per outcome, every model summed: a cheaper read than ``decode`` when that is
+    all that is needed."""
+    outcomes: Counter[str] = Counter()
+    for name, n in raw.items():
+        if name.startswith("a" + SEP):
+            outcomes[name.rpartition(SEP)[2]] += n
+    return outcomes
 
 
 def decode(raw: Counter[str]) -> TaskCounts:
@@ -147,6 +207,8 @@ def decode(raw: Counter[str]) -> TaskCounts:
                 setattr(decoded, attr, getattr(decoded, attr) + n)
         elif kind == "rlat":
             decoded.latency[int(rest)] += n
+        elif kind == "end":
+            decoded.stages[rest] += n
         elif kind in PER_MODEL:
             model, _, tail = rest.partition(SEP)
             _model_count(decoded.models.setdefault(model, ModelCounts()), kind, tail, n)

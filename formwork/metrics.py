@@ -23,7 +23,7 @@ from prometheus_client import Histogram as PromHistogram
 from redis.asyncio import Redis
 
 from . import keys
-from .counters import attempt_names, request_names
+from .counters import attempt_amounts, attempt_names, request_names
 from .protocol import Attempt, FailureRecord
 from .store import Store, StoreDown
 from .streams import Batch, Streams
@@ -47,6 +47,7 @@ class RequestRecord:
     fell_back: bool
     re_asked: bool
     latency_ms: float
+    repaired: bool = False  # the answer was parsed only after a lenient repair
 
 
 class Prometheus:
@@ -105,8 +106,11 @@ class Metrics:
         self.prometheus = Prometheus()
 
     # recording (synchronous, in-process)
-    def _count(self, task: str, names: list[str], at: float) -> None:
-        """Add one to each named counter, in the current minute and hour buckets."""
+    def _count(
+        self, task: str, names: list[str], at: float, amounts: dict[str, int] | None = None
+    ) -> None:
+        """Add one to each named counter (and each amount to its counter), in the current
+        minute and hour buckets."""
         for resolution, (width, _) in RESOLUTIONS.items():
             bucket = int(at // width) * width
             pending = self._pending.get((task, resolution, bucket))
@@ -114,6 +118,8 @@ class Metrics:
                 pending = self._pending[(task, resolution, bucket)] = Counter()
             for name in names:
                 pending[name] += 1
+            if amounts:
+                pending.update(amounts)
 
     def attempt(
         self, task: str, attempt: Attempt, *, first: bool, reask: bool, paths: list[str]
@@ -122,7 +128,11 @@ class Metrics:
         names = attempt_names(
             m, attempt.outcome, attempt.latency_ms, first=first, reask=reask, paths=paths
         )
-        self._count(task, names, time.time())
+        usage = attempt.usage
+        amounts = attempt_amounts(
+            m, attempt.outcome, attempt.latency_ms, usage.prompt_tokens, usage.completion_tokens
+        )
+        self._count(task, names, time.time(), amounts)
         p = self.prometheus
         p.attempts.labels(task, m, attempt.outcome).inc()
         p.attempt_seconds.labels(task, m).observe(attempt.latency_ms / 1000)
@@ -135,6 +145,7 @@ class Metrics:
             cached=record.cached,
             fell_back=record.fell_back,
             re_asked=record.re_asked,
+            repaired=record.repaired,
             model=record.model,
             latency_ms=record.latency_ms,
         )
@@ -186,8 +197,17 @@ class Metrics:
 
     # reading
     async def counters(self, task: str, resolution: str, buckets: list[int]) -> Counter[str]:
-        await self.flush()
         total: Counter[str] = Counter()
+        for counts in await self.bucket_counters(task, resolution, buckets):
+            total.update(counts)
+        return total
+
+    async def bucket_counters(
+        self, task: str, resolution: str, buckets: list[int]
+    ) -> list[Counter[str]]:
+        """Each bucket's counters, in the order of ``buckets``: one pipelined read."""
+        await self.flush()
+        found: list[Counter[str]] = [Counter() for _ in buckets]
 
         async def read(r: Redis) -> list[dict[str, str]]:
             pipe = r.pipeline(transaction=False)
@@ -196,11 +216,11 @@ class Metrics:
             return await pipe.execute()
 
         with contextlib.suppress(StoreDown):
-            for values in await self._store.call(read):
-                total.update({k: int(v) for k, v in values.items()})
-        for bucket in buckets:
-            total.update(self._pending.get((task, resolution, bucket), Counter()))
-        return total
+            for counts, values in zip(found, await self._store.call(read), strict=True):
+                counts.update({k: int(v) for k, v in values.items()})
+        for counts, bucket in zip(found, buckets, strict=True):
+            counts.update(self._pending.get((task, resolution, bucket), Counter()))
+        return found
 
     async def failures(self, task: str, limit: int) -> list[FailureRecord]:
         await self.flush()

@@ -141,6 +141,7 @@ class Runner:
                     fell_back=run.fell_back,
                     re_asked=run.re_asked,
                     latency_ms=(time.monotonic() - started) * 1000,
+                    repaired=ok and not cached and _ended_repaired(run.attempts),
                 )
             )
         attempts = [] if cached else run.attempts
@@ -318,6 +319,10 @@ class Runner:
                 attempt=attempt,
                 raw_output=raw[:RAW_OUTPUT_KEPT],
             )
+
+
+def _ended_repaired(attempts: list[Attempt]) -> bool:
+    return bool(attempts) and attempts[-1].outcome == "repaired"
 
 
 def _attempt(

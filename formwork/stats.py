@@ -1,12 +1,15 @@
-"""Turning a task's counters over a time window into ``TaskStats``."""
+"""Turning a task's counters over a time window into ``TaskStats``, and into per-bucket series
+(for charts) decoded by the same ``counters.decode``."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from . import keys
-from .counters import ModelCounts, bucket_latency, decode
+from .counters import ModelCounts, TaskCounts, bucket_latency, decode
 from .errors import InvalidInput
 from .metrics import Metrics
 from .protocol import FORMAT_FAILURES, ModelStats, TaskStats
@@ -32,10 +35,28 @@ def percentile(histogram: Counter[int], q: float) -> float | None:
     return None
 
 
-def _model_stats(counts: ModelCounts) -> ModelStats:
-    outcomes = counts.outcomes
+def format_failures(counts: ModelCounts) -> tuple[int, int]:
+    """Format failures and answered attempts (the rate's numerator and denominator)."""
+    return outcome_failures(counts.outcomes)
+
+
+def outcome_failures(outcomes: Mapping[str, int]) -> tuple[int, int]:
     answered = sum(v for k, v in outcomes.items() if k not in NO_ANSWER)
     failures = sum(v for k, v in outcomes.items() if k in FORMAT_FAILURES)
+    return failures, answered
+
+
+def format_failure_rate(counts: ModelCounts) -> float | None:
+    return _rate(*format_failures(counts))
+
+
+def outcome_failure_rate(outcomes: Mapping[str, int]) -> float | None:
+    return _rate(*outcome_failures(outcomes))
+
+
+def _model_stats(counts: ModelCounts) -> ModelStats:
+    outcomes = counts.outcomes
+    failures, answered = format_failures(counts)
     return ModelStats(
         requests=counts.served,
         attempts=sum(outcomes.values()),
@@ -65,9 +86,49 @@ def window_buckets(window: str, *, now: float | None = None) -> tuple[str, list[
     return resolution, [newest - i * width for i in range(count)]
 
 
-async def task_stats(metrics: Metrics, task: str, window: str) -> TaskStats:
-    resolution, buckets = window_buckets(window)
-    counts = decode(await metrics.counters(task, resolution, buckets))
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A task's counters over a window: per bucket (oldest first) and in total."""
+
+    window: str
+    resolution: str
+    starts: list[int]
+    buckets: list[TaskCounts]
+    total: TaskCounts
+
+    def failure_rates(self) -> dict[str, list[float | None]]:
+        """Format-failure rate per bucket, per model."""
+        models = sorted(self.total.models)
+        empty = ModelCounts()
+        return {
+            m: [format_failure_rate(b.models.get(m, empty)) for b in self.buckets] for m in models
+        }
+
+    def overall_failure_rates(self) -> list[float | None]:
+        return [format_failure_rate(b.total()) for b in self.buckets]
+
+    def outcome_counts(self) -> dict[str, list[int]]:
+        """Attempts per outcome, per bucket (every model)."""
+        totals = [b.total().outcomes for b in self.buckets]
+        outcomes = sorted({o for t in totals for o in t})
+        return {o: [t.get(o, 0) for t in totals] for o in outcomes}
+
+
+async def task_series(
+    metrics: Metrics, task: str, window: str, *, now: float | None = None
+) -> Series:
+    """The window's buckets, read in one pipeline and decoded one by one."""
+    resolution, newest_first = window_buckets(window, now=now)
+    starts = newest_first[::-1]
+    raw = await metrics.bucket_counters(task, resolution, starts)
+    summed: Counter[str] = Counter()
+    for counts in raw:
+        summed.update(counts)
+    return Series(window, resolution, starts, [decode(c) for c in raw], decode(summed))
+
+
+def stats_of(task: str, window: str, counts: TaskCounts) -> TaskStats:
+    """``TaskStats`` of decoded counters (what ``/v1/tasks/{task}/stats`` answers)."""
     return TaskStats(
         task=task,
         window=window,
@@ -83,3 +144,8 @@ async def task_stats(metrics: Metrics, task: str, window: str) -> TaskStats:
         total=_model_stats(counts.total()),
         models={m: _model_stats(c) for m, c in sorted(counts.models.items())},
     )
+
+
+async def task_stats(metrics: Metrics, task: str, window: str) -> TaskStats:
+    resolution, buckets = window_buckets(window)
+    return stats_of(task, window, decode(await metrics.counters(task, resolution, buckets)))

@@ -1,6 +1,7 @@
 # Sourced by scripts/serve and scripts/test: a virtual environment with Formwork installed (one
 # for both: each asks for the extras it needs, and nothing is reinstalled while pyproject.toml is
-# unchanged and the extras are already there), and Debian's redis-server when it is missing.
+# unchanged and the extras are already there), Debian's redis-server when it is missing, and
+# (for the browser tests) chromium.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FORMWORK_VENV:-$ROOT/.venv}"
@@ -21,6 +22,15 @@ installed_extras() {  # the extras the stamp records, if pyproject.toml is uncha
   local stamped="" extras=""
   read -r stamped extras <"$STAMP" 2>/dev/null || true
   if [ "$stamped" = "$hash" ]; then echo "$extras" | tr ',' '\n'; fi
+}
+
+# The dashboard's browser tests drive Debian's chromium through its chromedriver (Selenium's own
+# driver download is not used).
+ensure_browser() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
+  echo "setup: installing chromium and chromium-driver (Debian packages, for browser tests)" >&2
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
 ensure_venv() {  # ensure_venv local[,dev]

@@ -16,7 +16,7 @@ from formwork.auth import Keys
 from formwork.config import Settings
 from training.assembly import open_services
 
-from . import problems
+from . import problems, ui
 from .deps import AppState
 from .middleware import LoopbackOnlyMiddleware, RequestIdMiddleware
 from .routes import batch, compat, finetunes, health, tasks
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="JSON you can trust from language models.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by ui.docs with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     problems.install(app)
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(compat.router)
     app.include_router(batch.router)
+    ui.install(app, settings)
     if not settings.api_keys and not settings.insecure_no_auth:
         app.add_middleware(LoopbackOnlyMiddleware)
     app.add_middleware(RequestIdMiddleware)

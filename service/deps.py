@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
+from formwork.assembly import Core
 from formwork.auth import Keys
 from formwork.batches import BatchJobs
 from formwork.config import Scope, Settings
@@ -34,6 +35,10 @@ class AppState:
 def _state(request: Request) -> AppState:
     found: AppState = request.app.state.formwork
     return found
+
+
+async def get_core(request: Request) -> Core:
+    return _state(request).services.core
 
 
 async def get_registry(request: Request) -> Registry:
@@ -72,6 +77,7 @@ async def get_settings(request: Request) -> Settings:
     return _state(request).settings
 
 
+CoreDep = Annotated[Core, Depends(get_core)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

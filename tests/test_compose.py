@@ -34,7 +34,7 @@ def dockerfile_lines() -> list[str]:
 
 
 def test_services(services: dict[str, Any]):
-    assert sorted(services) == ["api", "redis", "vllm"]
+    assert sorted(services) == ["api", "grafana", "prometheus", "redis", "vllm"]
     for name, service in services.items():
         assert service.get("image") or service.get("build"), name
 
@@ -85,7 +85,42 @@ def test_vllm_is_an_optional_gpu_profile_with_lora(compose: dict[str, Any]):
         {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
     ]
     assert "adapters:/app/var/adapters" in compose["services"]["api"]["volumes"]
-    assert sorted(compose["volumes"]) == ["adapters", "hf-cache", "redis-data"]
+    assert sorted(compose["volumes"]) == [
+        "adapters",
+        "grafana-data",
+        "hf-cache",
+        "prometheus-data",
+        "redis-data",
+    ]
+
+
+def test_monitoring_is_an_optional_profile_provisioned_from_the_repository(
+    services: dict[str, Any],
+) -> None:
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    assert prometheus["image"].startswith("prom/prometheus:v")
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboards:/etc/grafana/dashboards:ro" in grafana["volumes"]
+    # published on loopback only, and nothing else runs them by default
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"]
+    for name in ("api", "redis"):
+        assert "profiles" not in services[name]
+    for mount in prometheus["volumes"][:1] + grafana["volumes"][:2]:
+        assert (ROOT / mount.split(":")[0]).is_dir(), mount
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert config["scrape_configs"][0]["dns_sd_configs"] == [
+        {"names": ["api"], "type": "A", "port": 8000}
+    ]
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/formwork.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
 
 
 def test_dockerfile_installs_cpu_torch_the_model_and_the_local_extra():

@@ -59,24 +59,29 @@ def from_examples(spec: TaskSpec) -> list[Row]:
 
 def read_jsonl(path: Path) -> list[Row]:
     """Rows of a JSONL file; every malformed line is named in one InvalidInput."""
+    with path.open(encoding="utf-8") as lines:
+        return parse_jsonl(lines, name=path.name, label=str(path))
+
+
+def parse_jsonl(lines: Iterable[str], *, name: str, label: str) -> list[Row]:
+    """Rows of JSONL lines (sources ``name:<line>``); malformed lines in one InvalidInput."""
     rows: list[Row] = []
     errors: list[JsonValue] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                value = json.loads(line)
-            except ValueError as e:
-                errors.append({"path": where, "message": f"not JSON: {e}"})
-                continue
-            if not isinstance(value, dict) or "input" not in value or "output" not in value:
-                errors.append({"path": where, "message": 'expected {"input": …, "output": …}'})
-                continue
-            rows.append(Row(value["input"], value["output"], where))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            errors.append({"path": where, "message": f"not JSON: {e}"})
+            continue
+        if not isinstance(value, dict) or "input" not in value or "output" not in value:
+            errors.append({"path": where, "message": 'expected {"input": …, "output": …}'})
+            continue
+        rows.append(Row(value["input"], value["output"], where))
     if errors:
-        raise InvalidInput(f"{path}: {len(errors)} malformed line(s)", errors=errors)
+        raise InvalidInput(f"{label}: {len(errors)} malformed line(s)", errors=errors)
     return rows
 
 
