@@ -17,11 +17,27 @@ from ..deps import BatchesDep, CanRun, RunnerDep, SettingsDep, TaskName
 
 router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[CanRun])
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines")
-BATCH_BODY = {
+
+
+def inline_defs(schema: JsonValue, defs: dict[str, JsonValue] | None = None) -> JsonValue:
+    """A pydantic JSON schema with its ``$defs`` inlined, for an OpenAPI document (where
+    ``#/$defs/...`` references do not resolve)."""
+    if isinstance(schema, dict):
+        defs = schema.get("$defs", defs)  # type: ignore[assignment]
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and defs is not None:
+            return inline_defs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: inline_defs(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [inline_defs(v, defs) for v in schema]
+    return schema
+
+
+BATCH_BODY: dict[str, JsonValue] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": BatchRequest.model_json_schema()},
+            "application/json": {"schema": inline_defs(BatchRequest.model_json_schema())},
             **{
                 t: {"schema": {"type": "string", "description": "one input a line"}}
                 for t in JSONL_TYPES

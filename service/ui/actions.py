@@ -14,8 +14,7 @@ from pydantic import JsonValue, ValidationError
 
 from formwork import logs
 from formwork.errors import FormworkError, InvalidInput
-from formwork.protocol import RunOptions
-from training.protocol import FinetuneRequest, Source
+from formwork.protocol import FinetuneRequest, RunOptions, Source
 
 from ..deps import JobsDep, LauncherDep, RegistryDep, RunnerDep, TaskName
 from .deps import AdminDep, BoardDep, CanRunDep, SignedInDep, UiDep

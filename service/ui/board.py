@@ -16,12 +16,12 @@ from pydantic import JsonValue
 from formwork.config import Settings
 from formwork.errors import FormworkError, TaskNotFound
 from formwork.metrics import Metrics
-from formwork.protocol import ErrorItem, TaskStats, TaskSummary, TaskVersion
+from formwork.protocol import ErrorItem, FinetuneJob, TaskStats, TaskSummary, TaskVersion
 from formwork.registry import Registry
 from formwork.stats import WINDOWS, Series, stats_of, task_series, window_buckets
 from formwork.windows import WindowSums
 from training.cost import Tables
-from training.jobs import FinetuneJob, JobManager
+from training.jobs import JobManager
 
 from .views import (
     FailureView,
