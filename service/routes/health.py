@@ -17,14 +17,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -> dict[str, object]:
-    redis_up = await store.ping()
+    reason = await store.health()
     ready = await providers.ready()
     if not any(ready.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         state = "unavailable"
     else:
-        state = "ready" if redis_up else "degraded"
-    body: dict[str, object] = {"status": state, "redis": redis_up, "providers": ready}
+        state = "ready" if reason is None else "degraded"
+    body: dict[str, object] = {"status": state, "redis": reason is None, "providers": ready}
+    if reason is not None:
+        body["reason"] = reason
     if providers.unavailable:
         body["unavailable"] = providers.unavailable
     return body
