@@ -50,6 +50,7 @@ REFUSALS = {
     "BUSY": "busy running a script",
 }
 POOL_EMPTY = "No connection available."
+FAILED_AT_ONCE_S = 0.05  # a failure faster than this cost nothing: no reason to skip Redis
 
 
 class StoreDown(Exception):
@@ -117,7 +118,8 @@ class Store:
 
     async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``op`` against Redis; raise StoreDown (or a subclass) when it cannot serve it."""
-        if self._down_since is not None and time.monotonic() < self._next_try:
+        started = time.monotonic()
+        if self._down_since is not None and started < self._next_try:
             raise StoreDown("redis is down")
         try:
             result = await op(self.redis)
@@ -125,10 +127,10 @@ class Store:
             if pool_exhausted(e):
                 log.warning("no redis connection free within the pool timeout")
                 raise StoreBusy("no redis connection available") from e
-            self._mark_down(e)
+            self._mark_down(e, started)
             raise StoreDown("redis is down") from e
         except (RedisTimeoutError, OSError) as e:
-            self._mark_down(e)
+            self._mark_down(e, started)
             raise StoreDown("redis is down") from e
         except ResponseError as e:
             reason = refusal(e)
@@ -141,12 +143,15 @@ class Store:
             self._down_since = None
         return result
 
-    def _mark_down(self, error: Exception) -> None:
+    def _mark_down(self, error: Exception, started: float) -> None:
+        """Remember the outage; skip Redis for ``retry_s`` when asking it cost time (a timeout,
+        a frozen server), but keep asking when it failed at once (refused: a restart is
+        noticed by the next request, not ``retry_s`` later)."""
         now = time.monotonic()
         if self._down_since is None:
             log.error("redis unreachable, degrading: %s", type(error).__name__)
             self._down_since = now
-        self._next_try = now + self._retry_s
+        self._next_try = now + (self._retry_s if now - started > FAILED_AT_ONCE_S else 0.0)
 
     def _mark_refused(self, reason: str) -> None:
         if self.refused != reason:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from formwork import logs
 from formwork.protocol import (
@@ -20,13 +20,21 @@ from formwork.protocol import (
 from formwork.stats import task_stats
 
 from ..deps import CanRead, CanRun, IsAdmin, MetricsDep, RegistryDep, RunnerDep, TaskName
+from ..disconnects import ClientGone, unless_disconnected
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+CLIENT_CLOSED = 499  # the client closed the request (nginx's code); never seen by a client
 
 
 @router.post("/{task}/run", dependencies=[CanRun], response_model=RunResult)
-async def run_task(task: TaskName, body: RunRequest, runner: RunnerDep) -> Response:
-    result = await runner.run(task, body.input, body.options, request_id=logs.request_id.get())
+async def run_task(
+    task: TaskName, body: RunRequest, runner: RunnerDep, request: Request
+) -> Response:
+    run = runner.run(task, body.input, body.options, request_id=logs.request_id.get())
+    try:
+        result = await unless_disconnected(request.receive, run)
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
     # already a validated RunResult: serialize it once instead of having FastAPI re-validate it
     return Response(result.model_dump_json(), media_type="application/json")
 

@@ -135,6 +135,8 @@ def test_a_redis_restart_does_not_fail_the_first_request(
         assert client.put(f"/v1/tasks/{task}", json=spec("up/primary")).status_code == 201
         assert client.post(f"/v1/tasks/{task}/run", json={"input": "a"}).status_code == 200
         redis_server.stop()
+        down = client.post(f"/v1/tasks/{task}/run", json={"input": "a"})
+        assert (down.status_code, down.json()["cached"]) == (200, False)
         redis_server.start()  # same data (AOF); every pooled connection is now stale
         put = client.put(f"/v1/tasks/{task}", json=spec("up/primary", max_attempts=3))
         assert (put.status_code, put.json()) == (
@@ -143,7 +145,11 @@ def test_a_redis_restart_does_not_fail_the_first_request(
         )
         body = client.post(f"/v1/tasks/{task}/run", json={"input": "a"}).json()
         assert body == run_body(task, cached=False, version=2)
-    assert not [r for r in caplog.records if r.name == "formwork.store"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "formwork.store"]
+    assert logged[0] == "redis unreachable, degrading: ConnectionError"
+    assert logged[1].startswith("redis is back after ")
+    assert float(logged[1].split()[-2]) >= 0
+    assert len(logged) == 2
 
 
 def test_a_redis_that_restarts_empty_loses_no_task(
