@@ -14,7 +14,7 @@ from formwork.auth import Keys
 from formwork.config import Settings
 from training.assembly import open_services
 
-from . import problems
+from . import openapi, problems
 from .deps import AppState
 from .middleware import LoopbackOnlyMiddleware, RequestIdMiddleware
 from .routes import finetunes, health, tasks
@@ -45,12 +45,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="JSON you can trust from language models.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     problems.install(app)
     app.include_router(tasks.router)
     app.include_router(finetunes.router)
     app.include_router(health.router)
+    openapi.install(app, keys=bool(settings.api_keys))
     if not settings.api_keys and not settings.insecure_no_auth:
         app.add_middleware(LoopbackOnlyMiddleware)
     app.add_middleware(RequestIdMiddleware)

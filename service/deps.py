@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from formwork.auth import Keys
 from formwork.config import Scope, Settings
@@ -73,13 +74,22 @@ JobsDep = Annotated[JobManager, Depends(get_jobs)]
 TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 
 
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API key (`formwork keys new`) with the operation's scope: run, read or admin.",
+)
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[str | None]]:
     """A dependency that lets the request through when its key has ``scope``."""
 
     async def check(
-        request: Request, authorization: Annotated[str | None, Header()] = None
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> str | None:
-        return _state(request).keys.check(authorization, scope)
+        given = f"Bearer {credentials.credentials}" if credentials else None
+        return _state(request).keys.check(given, scope)
 
     return check
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import CanRead, MetricsDep, ProvidersDep, StoreDep
@@ -15,7 +16,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "No model provider is usable; the body says which.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -> dict[str, object]:
     reason = await store.health()
     ready = await providers.ready()
@@ -32,7 +41,7 @@ async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -
     return body
 
 
-@router.get("/metrics", dependencies=[CanRead])
+@router.get("/metrics", dependencies=[CanRead], response_class=PlainTextResponse)
 async def metrics(metrics: MetricsDep) -> Response:
     body = generate_latest(metrics.prometheus.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
