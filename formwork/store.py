@@ -6,7 +6,8 @@ Every ``redis.*`` error is translated here, into one tree::
 
     StoreDown          Redis cannot serve this call: callers degrade (no cache, counts kept)
     ├── StoreRefused   Redis answered but refused a write (OOM, READONLY, MISCONF, bad expiry)
-    └── StoreBusy      no pooled connection was free in time (Redis itself is fine)
+    └── StoreBusy      no pooled connection was free in time, or the answer came too late
+                       while Redis kept answering other calls (load, not an outage)
 
 Only connection trouble marks Redis down; a refusal is remembered for readiness, and a busy
 pool is neither.
@@ -62,7 +63,8 @@ class StoreRefused(StoreDown):
 
 
 class StoreBusy(StoreDown):
-    """Every pooled connection stayed in use for the pool timeout; Redis itself is not down."""
+    """No pooled connection was free within the pool timeout, or this call timed out while
+    Redis answered others: load, not an outage; nothing is marked down."""
 
 
 def refusal(error: ResponseError) -> str | None:
@@ -94,6 +96,7 @@ class Store:
         self._retry_s = retry_s
         self._down_since: float | None = None
         self._next_try = 0.0
+        self._answered_at = 0.0  # when a call last got its answer
         self.refused: str | None = None  # the last refusal, until a write succeeds
 
     @classmethod
@@ -130,6 +133,10 @@ class Store:
             self._mark_down(e, started)
             raise StoreDown("redis is down") from e
         except (RedisTimeoutError, OSError) as e:
+            if self._answered_at > started:
+                # Redis answered other calls meanwhile: this one waited on a busy event loop or
+                # a slow command, which is load, not an outage
+                raise StoreBusy("redis answered too late") from e
             self._mark_down(e, started)
             raise StoreDown("redis is down") from e
         except ResponseError as e:
@@ -138,8 +145,9 @@ class Store:
                 raise
             self._mark_refused(reason)
             raise StoreRefused(f"redis refused: {reason}") from e
+        self._answered_at = now = time.monotonic()
         if self._down_since is not None:
-            log.warning("redis is back after %.1f s", time.monotonic() - self._down_since)
+            log.warning("redis is back after %.1f s", now - self._down_since)
             self._down_since = None
         return result
 
