@@ -6,8 +6,8 @@ Every ``redis.*`` error is translated here, into one tree::
 
     StoreDown          Redis cannot serve this call: callers degrade (no cache, counts kept)
     ├── StoreRefused   Redis answered but refused a write (OOM, READONLY, MISCONF, bad expiry)
-    └── StoreBusy      no pooled connection was free in time, or the answer came too late
-                       while Redis kept answering other calls (load, not an outage)
+    └── StoreBusy      no pooled connection was free in time, or a call timed out while
+                       Redis kept answering others (load, not an outage)
 
 Only connection trouble marks Redis down; a refusal is remembered for readiness, and a busy
 pool is neither.
@@ -91,12 +91,13 @@ def pool_exhausted(error: RedisConnectionError) -> bool:
 class Store:
     """The Redis client; every call goes through ``call``, which fails fast while Redis is down."""
 
-    def __init__(self, client: aioredis.Redis, *, retry_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, *, retry_s: float, timeout_s: float = 0.5) -> None:
         self.redis = client
         self._retry_s = retry_s
         self._down_since: float | None = None
         self._next_try = 0.0
         self._answered_at = 0.0  # when a call last got its answer
+        self._silence_s = 2 * timeout_s + 1.0  # no answer for this long: a timeout is an outage
         self.refused: str | None = None  # the last refusal, until a write succeeds
 
     @classmethod
@@ -113,7 +114,8 @@ class Store:
             # that restarted); a timeout is not retried, so a frozen Redis costs one timeout
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        return cls(aioredis.Redis(connection_pool=pool), retry_s=settings.redis_retry_s)
+        client = aioredis.Redis(connection_pool=pool)
+        return cls(client, retry_s=settings.redis_retry_s, timeout_s=settings.redis_timeout_s)
 
     @property
     def up(self) -> bool:
@@ -133,9 +135,9 @@ class Store:
             self._mark_down(e, started)
             raise StoreDown("redis is down") from e
         except (RedisTimeoutError, OSError) as e:
-            if self._answered_at > started:
-                # Redis answered other calls meanwhile: this one waited on a busy event loop or
-                # a slow command, which is load, not an outage
+            if time.monotonic() - self._answered_at < self._silence_s:
+                # Redis answered other calls lately (the upkeep asks it every second): this one
+                # waited on a busy event loop or a slow command, which is load, not an outage
                 raise StoreBusy("redis answered too late") from e
             self._mark_down(e, started)
             raise StoreDown("redis is down") from e
