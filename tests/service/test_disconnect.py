@@ -33,7 +33,7 @@ def send(served: Served, path: str, body: object) -> socket.socket:
         f"POST {path} HTTP/1.1\r\nHost: {served.host}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(data)}\r\nconnection: close\r\n\r\n"
     ).encode()
-    sock = socket.create_connection((served.host, served.port))
+    sock = socket.create_connection((served.host, served.port), timeout=15)
     sock.sendall(head + data)
     return sock
 
