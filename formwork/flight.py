@@ -61,13 +61,17 @@ class SingleFlight:
             flight = self._local[key] = _Flight(work)
             work.add_done_callback(lambda _: self._forget(key, flight))
         flight.waiters += 1
+        why: tuple[object, ...] = ()
         try:
             result, led = await asyncio.shield(flight.task)
+        except asyncio.CancelledError as e:
+            why = e.args  # passed on: the cut attempt says why it was cut
+            raise
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 self._forget(key, flight)
-                flight.task.cancel()
+                flight.task.cancel(*why)
                 # let it end (record its cut attempt, release its lock) before the caller goes on
                 await asyncio.gather(flight.task, return_exceptions=True)
         return result, led and first

@@ -12,6 +12,7 @@ from starlette.types import Receive
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CLIENT_LEFT = "the client disconnected before the answer"
 
 
 class ClientGone(Exception):
@@ -32,7 +33,7 @@ async def unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]) ->
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        task.cancel()  # a no-op when it is done
+        task.cancel(CLIENT_LEFT)  # a no-op when it is done
         await asyncio.gather(task, watcher, return_exceptions=True)
     if task.cancelled():
         log.info("the client left: its run was cancelled")
