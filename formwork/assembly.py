@@ -66,16 +66,26 @@ async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
     return None, reason
 
 
-async def keep_shipped(registry: Registry, files: list[TaskFile], retry_s: float) -> None:
-    """Register shipped tasks, retrying until Redis answers; serve them from memory meanwhile."""
+async def keep_registered(registry: Registry, files: list[TaskFile], check_s: float) -> None:
+    """Apply shipped task files, retrying until Redis answers (serving them from memory
+    meanwhile); then, every ``check_s``, re-publish what Redis lost if it comes back empty."""
+    registry.ship(files)
     while True:
         try:
-            await registry.load(files)
-            return
+            await registry.republish()
+            break
         except Unavailable:
             registry.seed(files)
             log.warning("redis unreachable: shipped tasks served from memory until it returns")
-            await asyncio.sleep(max(retry_s, 1.0))
+            await asyncio.sleep(check_s)
+    while True:
+        await asyncio.sleep(check_s)
+        try:
+            if await registry.lost():
+                restored = await registry.republish()
+                log.warning("redis had lost its data: %d tasks re-published", restored)
+        except Unavailable:
+            log.warning("redis lost its tasks; re-publishing them when it takes writes again")
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
@@ -177,9 +187,11 @@ def unrecorded_runner(core: Core) -> Runner:
 
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:
-    """The server's upkeep: shipped tasks kept registered, metrics flushed, batches resumed."""
+    """The server's upkeep: shipped and known tasks kept registered, metrics flushed, batches
+    resumed."""
     settings = core.settings
     files = read_task_files(settings.schemas_dir) if settings.schemas_dir.is_dir() else []
-    _in_background(stack, lambda: keep_shipped(core.registry, files, settings.redis_retry_s))
+    check_s = max(settings.redis_retry_s, 1.0)
+    _in_background(stack, lambda: keep_registered(core.registry, files, check_s))
     _in_background(stack, core.metrics.flush_forever)
     _in_background(stack, core.batches.resume_forever)

@@ -128,6 +128,14 @@ class Settings(BaseSettings):
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis for registry, cache, metrics."
     )
     redis_timeout_s: float = Field(0.5, gt=0, description="Socket timeout for Redis calls.")
+    redis_max_connections: int = Field(
+        512,
+        ge=2,
+        description="Redis connections per process: at least the concurrent requests expected.",
+    )
+    redis_pool_timeout_s: float = Field(
+        2.0, gt=0, description="How long a request waits for a free Redis connection."
+    )
     redis_retry_s: float = Field(
         1.0, gt=0, description="After a Redis failure, skip Redis for this long before retrying."
     )

@@ -1,8 +1,9 @@
 """Single-flight: identical concurrent requests share one model call.
 
-Within a process, followers await the leader's future. Across replicas, the leader holds a Redis
-lock while it computes; followers poll for the cached result (or the leader's failure) and take
-over when the lock is gone. Without Redis, only the in-process sharing remains.
+Within a process, callers share one computation task, cancelled only when none still waits.
+Across replicas, the leader holds a Redis lock while it computes; followers poll for the cached
+result (or the leader's failure) and take over when the lock is gone. Without Redis, only the
+in-process sharing remains.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from pydantic import JsonValue
 from redis.asyncio import Redis
@@ -28,9 +30,12 @@ return 0
 Compute = Callable[[], Awaitable[Cached]]
 
 
-def _consume(future: asyncio.Future[Cached]) -> None:
-    if not future.cancelled():
-        future.exception()
+@dataclass(eq=False)
+class _Flight:
+    """One in-process computation and the callers waiting for it."""
+
+    task: asyncio.Task[tuple[Cached, bool]]
+    waiters: int = 0
 
 
 class SingleFlight:
@@ -38,37 +43,42 @@ class SingleFlight:
         self._store = store
         self._cache = cache
         self._poll_s = poll_s
-        self._local: dict[str, asyncio.Future[Cached]] = {}
+        self._local: dict[str, _Flight] = {}
         self._release = store.redis.register_script(RELEASE)
 
     async def share(
         self, key: str, *, ttl_s: int, lock_ttl_s: float, compute: Compute
     ) -> tuple[Cached, bool]:
-        """Return the output and whether this caller computed it (led)."""
-        while (future := self._local.get(key)) is not None:
-            try:
-                return await asyncio.shield(future), False
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                # the leader was cancelled, not us: take over
-        future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume)
-        self._local[key] = future
+        """Return the output and whether this caller computed it (led).
+
+        The computation runs in a task of its own that every caller waits on; a caller that is
+        cancelled (its client left, its deadline passed) stops waiting, and the computation is
+        cancelled with the last of them, not before: followers still get their answer."""
+        flight = self._local.get(key)
+        first = flight is None
+        if flight is None:
+            work = asyncio.create_task(self._shared(key, ttl_s, lock_ttl_s, compute))
+            flight = self._local[key] = _Flight(work)
+            work.add_done_callback(lambda _: self._forget(key, flight))
+        flight.waiters += 1
+        why: tuple[object, ...] = ()
         try:
-            result, led = await self._shared(key, ttl_s, lock_ttl_s, compute)
-        except asyncio.CancelledError:
-            future.cancel()
+            result, led = await asyncio.shield(flight.task)
+        except asyncio.CancelledError as e:
+            why = e.args  # passed on: the cut attempt says why it was cut
             raise
-        except BaseException as e:
-            future.set_exception(e)
-            raise
-        else:
-            future.set_result(result)
-            return result, led
         finally:
-            self._local.pop(key, None)
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                self._forget(key, flight)
+                flight.task.cancel(*why)
+                # let it end (record its cut attempt, release its lock) before the caller goes on
+                await asyncio.gather(flight.task, return_exceptions=True)
+        return result, led and first
+
+    def _forget(self, key: str, flight: _Flight) -> None:
+        if self._local.get(key) is flight:
+            del self._local[key]
 
     async def _shared(
         self, key: str, ttl_s: int, lock_ttl_s: float, compute: Compute

@@ -8,8 +8,15 @@ PREFIX = "fw:"
 TASKS = PREFIX + "tasks"  # set of task names
 
 
+# String, never expiring: set once the registry is published; its absence means Redis lost its
+# data (restarted empty, flushed), so each replica re-publishes what it knows.
+EPOCH = PREFIX + "epoch"
+
+
 def task(name: str) -> str:
-    """Hash: ``current`` version, ``seq`` (last version number), ``cache_gen``, ``digest``."""
+    """Hash: ``current`` version, ``seq`` (last version number), ``cache_gen``, ``digest``,
+    and for shipped tasks ``file_digest``/``file_version`` (the file last applied, and the
+    version it made)."""
     return f"{PREFIX}task:{name}"
 
 
@@ -107,3 +114,8 @@ def batch_results(batch_id: str) -> str:
 def batch_lease(batch_id: str) -> str:
     """String: the replica working the batch (expires unless renewed)."""
     return f"{PREFIX}batch:{batch_id}:lease"
+
+
+# Readiness: a tiny write that shows Redis takes writes (not full, not a read-only replica).
+PROBE = PREFIX + "ready-probe"
+PROBE_TTL_MS = 10_000

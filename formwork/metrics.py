@@ -155,7 +155,8 @@ class Metrics:
 
     # flushing
     async def flush(self) -> bool:
-        """Write pending counts and stream entries to Redis; keep them when Redis is down."""
+        """Write pending counts and stream entries to Redis; keep them when Redis is down or
+        refuses the write."""
         async with self._lock:
             batch = self.streams.take()
             if not (self._pending or batch):
@@ -163,7 +164,9 @@ class Metrics:
             pending, self._pending = self._pending, {}
 
             async def write(r: Redis) -> None:
-                pipe = r.pipeline(transaction=False)
+                # one transaction: a refusing Redis (OOM, READONLY) takes all of it or none, so
+                # a batch given back on failure is never counted twice
+                pipe = r.pipeline(transaction=True)
                 for (task, resolution, bucket), counts in pending.items():
                     key = keys.counters(task, resolution, bucket)
                     for name, n in counts.items():

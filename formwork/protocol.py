@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-MODEL_REF = r"^[A-Za-z0-9_.-]+/\S+$"
+# ASCII only, so that the pattern means the same in Python, Rust and ECMA-262 (the OpenAPI
+# dialect): their ``\S`` disagree on characters such as U+0085.
+MODEL_REF = r"^[A-Za-z0-9_.-]+/[!-~]+$"
 
 Outcome = Literal[
     "valid",
@@ -326,3 +328,18 @@ class BatchJob(Model):
 class BatchPage(Model):
     batch: BatchJob
     items: list[BatchItem]  # the done items in [offset, offset + limit), in order
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem, as every error is answered (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the kind of problem.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="The request path.")
+    request_id: str = Field(description="Also in the X-Request-ID header and the logs.")
+    errors: list[ErrorItem] | None = Field(None, description="Each error and its JSON path.")
+    attempts: list[Attempt] | None = Field(None, description="The model attempts made.")

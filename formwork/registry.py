@@ -1,11 +1,17 @@
 """The task registry: immutable versions in Redis, a short-lived local copy per replica.
 
 Each replica trusts its copy of a task's current version for ``refresh_s`` seconds (its own
-writes take effect at once), and keeps serving that copy while Redis is down.
+writes take effect at once), and keeps serving that copy while Redis is down. When Redis comes
+back empty, each replica re-publishes its last known copies and the shipped task files.
+
+Shipped files follow one rule: a file seeds its task, and updates it only when the file changed
+since it was last applied (its digest is recorded in the task hash); a version registered since
+then (a promotion, an API update) is never replaced by a file, and a deletion is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -16,6 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from . import keys
 from .digests import digest
@@ -39,6 +46,42 @@ redis.call('HSET', KEYS[1], 'current', n, 'digest', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[3])
 if cur then return {n, 1} end
 return {n, 2}
+"""
+
+
+# KEYS: task hash, tasks set, version key prefix. ARGV: digest, version blob, name, file digest.
+# Returns {version, state, file version}: state as REGISTER, or 3 when the file is not applied
+# because another version was registered since the file was last applied.
+SEED = """
+local cur = redis.call('HGET', KEYS[1], 'current')
+local by_file = redis.call('HGET', KEYS[1], 'file_version')
+if redis.call('HGET', KEYS[1], 'file_digest') == ARGV[4] then
+  return {tonumber(cur or 0), 0, tonumber(by_file or 0)}
+end
+if cur and redis.call('HGET', KEYS[1], 'digest') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'file_digest', ARGV[4], 'file_version', cur)
+  return {tonumber(cur), 0, tonumber(cur)}
+end
+if cur and cur ~= by_file then return {tonumber(cur), 3, tonumber(by_file or 0)} end
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('SET', KEYS[3] .. n, ARGV[2])
+redis.call('HSET', KEYS[1], 'current', n, 'digest', ARGV[1], 'file_digest', ARGV[4],
+           'file_version', n)
+redis.call('SADD', KEYS[2], ARGV[3])
+if cur then return {n, 1, n} end
+return {n, 2, n}
+"""
+
+# Re-publish a known copy into a Redis that lost the task (the hash is gone entirely; a deleted
+# task keeps its hash). KEYS: task hash, tasks set, version key. ARGV: version, blob, digest,
+# name, cache generation. Returns 1 when restored, 0 when the task exists.
+RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'current', ARGV[1], 'seq', ARGV[1], 'digest', ARGV[3],
+           'cache_gen', ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
 """
 
 
@@ -68,34 +111,46 @@ class Registry:
         self._warn = warn
         self._current: dict[str, Current] = {}
         self._seeded: dict[str, Current] = {}  # shipped tasks not yet in Redis
+        self._known: dict[str, Current] = {}  # last copy seen of each task, to re-publish
+        self._files: dict[str, TaskFile] = {}  # shipped task files, to re-seed
         self._versions: OrderedDict[tuple[str, int], TaskVersion] = OrderedDict()
         self._register = store.redis.register_script(REGISTER)
+        self._seed = store.redis.register_script(SEED)
+        self._restore = store.redis.register_script(RESTORE)
 
     async def put(self, name: str, spec: TaskSpec) -> Registered:
+        version, state, _ = await self._apply(self._register, name, spec)
+        return self._registered(name, spec, version, state)
+
+    async def _apply(
+        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str
+    ) -> tuple[int, int, int]:
         check_task(spec, self._validators)
-        digest = spec_digest(spec)
-        created_at = time.time()
+        found = spec_digest(spec)
         blob = json.dumps(
-            {"created_at": created_at, "digest": digest, "spec": spec.model_dump(mode="json")}
+            {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
         )
         try:
-            version, state = await self._store.call(
-                lambda r: self._register(
+            reply = await self._store.call(
+                lambda r: script(
                     keys=[keys.task(name), keys.TASKS, keys.task_version(name, 0)[:-1]],
-                    args=[digest, blob, name],
+                    args=[found, blob, name, *extra],
                     client=r,
                 )
             )
         except StoreDown as e:
             raise Unavailable("the registry is unavailable; try again shortly") from e
         self._current.pop(name, None)
-        warnings = self._warn(spec) if self._warn else []
+        version, state, *rest = (int(x) for x in reply)
+        return version, state, rest[0] if rest else version
+
+    def _registered(self, name: str, spec: TaskSpec, version: int, state: int) -> Registered:
         return Registered(
             task=name,
-            version=int(version),
+            version=version,
             created=state == 2,
-            changed=state != 0,
-            warnings=warnings,
+            changed=state in (1, 2),
+            warnings=self._warn(spec) if self._warn else [],
         )
 
     async def current(self, name: str) -> Current:
@@ -109,18 +164,21 @@ class Registry:
                 lambda r: r.hmget(keys.task(name), ["current", "cache_gen"])
             )
         except StoreDown as e:
-            if fallback := local or self._seeded.get(name):
+            if fallback := local or self._known.get(name) or self._seeded.get(name):
                 return fallback
             raise Unavailable("the registry is unavailable; try again shortly") from e
         if version is None:
             self._current.pop(name, None)
+            if gen is None and (revived := await self._revive(name)) is not None:
+                return revived  # Redis lost the task: serve and re-publish the last copy
+            self._known.pop(name, None)
             if seeded := self._seeded.get(name):
                 return seeded
             raise TaskNotFound(f"no task named {name!r}")
         task = local.task if local and local.task.version == int(version) else None
         if task is None:
             task = await self.version(name, int(version))
-        entry = self._current[name] = Current(task, int(gen or 0), now)
+        entry = self._current[name] = self._known[name] = Current(task, int(gen or 0), now)
         return entry
 
     async def get(self, name: str) -> TaskVersion:
@@ -186,6 +244,7 @@ class Registry:
         except StoreDown as e:
             raise Unavailable("the registry is unavailable; try again shortly") from e
         self._current.pop(name, None)
+        self._known.pop(name, None)
 
     async def invalidate_cache(self, name: str) -> int:
         """Orphan every cached output of the task in O(1); entries then expire by TTL."""
@@ -198,32 +257,98 @@ class Registry:
         return int(gen)
 
     async def load(self, files: list[TaskFile]) -> list[Registered]:
-        """Register shipped task files; an unchanged file makes no new version."""
+        """Apply shipped task files by the seeding rule (see the module docstring)."""
         results = []
-        for task in files:
-            result = await self.put(task.name, task.spec())
-            log.info(
-                "task %s: version %d%s",
-                task.name,
-                result.version,
-                "" if result.changed else " (unchanged)",
-            )
-            results.append(result)
-            self._seeded.pop(task.name, None)
+        for file in files:
+            self._files[file.name] = file
+            results.append(await self._load_one(file))
+            self._seeded.pop(file.name, None)
         return results
+
+    async def _load_one(self, file: TaskFile) -> Registered:
+        spec = file.spec()
+        applied = digest(file.model_dump(mode="json"))
+        version, state, by_file = await self._apply(self._seed, file.name, spec, applied)
+        if state == 3:
+            log.warning(
+                "task %s: %s changed, but version %d was registered after the file's version %d;"
+                " kept (apply the file explicitly to replace it)",
+                file.name, "its shipped file", version, by_file,
+            )  # fmt: skip
+        elif version == 0:
+            log.info("task %s: deleted, its shipped file unchanged: not re-created", file.name)
+        else:
+            log.info("task %s: version %d%s", file.name, version, "" if state else " (unchanged)")
+        return self._registered(file.name, spec, version, state)
+
+    def ship(self, files: list[TaskFile]) -> None:
+        """The shipped task files, applied by ``republish`` and re-seeded when Redis loses them."""
+        self._files.update((file.name, file) for file in files)
 
     def seed(self, files: list[TaskFile]) -> None:
         """Serve shipped tasks from memory (version 0) until ``load`` gets them into Redis."""
-        for task in files:
-            spec = task.spec()
+        for file in files:
+            self._files[file.name] = file
+            spec = file.spec()
             version = TaskVersion(
                 **spec.model_dump(),
-                name=task.name,
+                name=file.name,
                 version=0,
                 created_at=time.time(),
                 digest=spec_digest(spec),
             )
-            self._seeded[task.name] = Current(version, 0, time.monotonic())
+            self._seeded[file.name] = Current(version, 0, time.monotonic())
+
+    async def lost(self) -> bool:
+        """Whether Redis lost its data since this replica last checked (restarted empty,
+        flushed): the epoch marker that ``republish`` sets is gone."""
+        try:
+            return not await self._store.call(lambda r: r.exists(keys.EPOCH))
+        except StoreDown:
+            return False
+
+    async def republish(self) -> int:
+        """Re-publish every last known copy and re-seed the shipped files into a Redis that lost
+        them, then set the epoch marker; the number of tasks written back."""
+        restored = 0
+        for name in list(self._known):
+            restored += await self._restore_copy(name)
+        for result in await self.load(list(self._files.values())):
+            restored += result.created
+        try:
+            await self._store.call(lambda r: r.set(keys.EPOCH, str(time.time())))
+        except StoreDown as e:
+            raise Unavailable("the registry is unavailable; try again shortly") from e
+        return restored
+
+    async def _revive(self, name: str) -> Current | None:
+        """The task Redis lost, from this replica's last copy or its shipped file."""
+        with contextlib.suppress(Unavailable):
+            if name in self._known and await self._restore_copy(name):
+                return self._known[name]
+            if (file := self._files.get(name)) is not None:
+                (result,) = await self.load([file])
+                if result.version:
+                    task = await self.version(name, result.version)
+                    return Current(task, 0, time.monotonic())
+        return self._known.get(name)
+
+    async def _restore_copy(self, name: str) -> bool:
+        known = self._known[name]
+        task = known.task
+        spec = task.model_dump(mode="json", include=set(TaskSpec.model_fields))
+        blob = json.dumps({"created_at": task.created_at, "digest": task.digest, "spec": spec})
+        try:
+            done = await self._store.call(
+                lambda r: self._restore(
+                    keys=[keys.task(name), keys.TASKS, keys.task_version(name, task.version)],
+                    args=[task.version, blob, task.digest, name, known.cache_gen],
+                    client=r,
+                )
+            )
+        except StoreDown as e:
+            raise Unavailable("the registry is unavailable; try again shortly") from e
+        return bool(done)
 
 
 def read_task_files(directory: Path) -> list[TaskFile]:

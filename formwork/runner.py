@@ -260,8 +260,9 @@ class Runner:
             t0 = time.perf_counter()
             try:
                 result = await provider.complete(request)
-            except asyncio.CancelledError:
-                cut = _attempt(route, "timeout", "the request deadline ended this call", t0)
+            except asyncio.CancelledError as e:
+                why = str(e.args[0]) if e.args else "the request deadline ended this call"
+                cut = _attempt(route, "timeout", why, t0)
                 self._record(run, cut, n=n)
                 raise
             except ProviderError as e:

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from . import keys
 from .counters import ModelCounts, TaskCounts, bucket_latency, decode
@@ -14,6 +15,7 @@ from .errors import InvalidInput
 from .metrics import Metrics
 from .protocol import FORMAT_FAILURES, ModelStats, TaskStats
 
+Window = Literal["15m", "1h", "24h", "7d"]
 WINDOWS = {"15m": ("m", 15), "1h": ("m", 60), "24h": ("h", 24), "7d": ("h", 168)}
 NO_ANSWER = frozenset({"timeout", "upstream_error", "rate_limited"})
 TOP_PATHS = 10

@@ -16,7 +16,7 @@ from formwork.auth import Keys
 from formwork.config import Settings
 from training.assembly import open_services
 
-from . import problems, ui
+from . import openapi, problems, ui
 from .deps import AppState
 from .middleware import LoopbackOnlyMiddleware, RequestIdMiddleware
 from .routes import batch, compat, finetunes, health, tasks
@@ -50,8 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="JSON you can trust from language models.",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url=None,  # served by ui.docs with local assets
+        docs_url=None,  # /docs and /redoc: service/ui/docs.py (local assets, read scope)
         redoc_url=None,
+        openapi_url=None,  # /openapi.json: service/openapi.py (read scope)
     )
     app.state.settings = settings
     problems.install(app)
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(compat.router)
     app.include_router(batch.router)
     ui.install(app, settings)
+    openapi.install(app, keys=bool(settings.api_keys))
     if not settings.api_keys and not settings.insecure_no_auth:
         app.add_middleware(LoopbackOnlyMiddleware)
     app.add_middleware(RequestIdMiddleware)

@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from formwork.assembly import Core
 from formwork.auth import Keys
@@ -90,13 +91,22 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 
 
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API key (`formwork keys new`) with the operation's scope: run, read or admin.",
+)
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[str | None]]:
     """A dependency that lets the request through when its key has ``scope``."""
 
     async def check(
-        request: Request, authorization: Annotated[str | None, Header()] = None
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> str | None:
-        return _state(request).keys.check(authorization, scope)
+        given = f"Bearer {credentials.credentials}" if credentials else None
+        return _state(request).keys.check(given, scope)
 
     return check
 

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import JsonValue
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from formwork import compat, logs
 from formwork.errors import PROBLEM_BASE, FormworkError, InvalidInput
@@ -17,6 +18,7 @@ from formwork.validation import json_path
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 OPENAI_PATHS = ("/v1/models", "/v1/chat/completions")  # errors in OpenAI's envelope there
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 def problem_response(error: FormworkError, request: Request) -> JSONResponse:
@@ -61,7 +63,22 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         "instance": request.url.path,
         "request_id": logs.request_id.get(),
     }
-    return JSONResponse(body, status_code=exc.status_code, media_type=MEDIA_TYPE)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed(request)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers, media_type=MEDIA_TYPE)
+
+
+def allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only one route's)."""
+    routes = request.app.router.routes
+    served = [
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+               for route in routes)
+    ]  # fmt: skip
+    return ", ".join(served)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -67,6 +67,9 @@ def redis_url(redis_server: RedisServer) -> str:
     if redis_server.owned:
         redis_server.start()
         with redis.Redis.from_url(redis_server.url) as client:
+            # a fault test may have left it full or read-only
+            client.config_set("maxmemory", 0)
+            client.replicaof("NO", "ONE")
             client.flushdb()
     return redis_server.url
 

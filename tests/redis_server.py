@@ -4,6 +4,7 @@ named by ``FORMWORK_TEST_REDIS_URL``, which the tests never flush, stop or resta
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -104,3 +105,23 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def restart_empty(self) -> None:
+        """Stop, drop the data (AOF and snapshot), and start again on the same port: a Redis
+        that comes back having lost everything."""
+        self.stop()
+        assert self.workdir is not None
+        shutil.rmtree(self.workdir / "appendonlydir", ignore_errors=True)
+        (self.workdir / "dump.rdb").unlink(missing_ok=True)
+        self.start()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open and nothing answers."""
+        self.require_owned()
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.require_owned()
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)

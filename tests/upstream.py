@@ -18,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.served import Served
 from tests.strict_rules import strict_problems
 
 ANY_MODEL = "*"
@@ -213,8 +212,7 @@ class Upstream:
         self.host = host
         self.port = 0
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
         self.app = Starlette(routes=self._routes())
         self.reset()
 
@@ -283,39 +281,19 @@ class Upstream:
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
+        if self._served is None:
             raise RuntimeError("Upstream is not started")
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> Upstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="upstream", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the scripted upstream server did not start")
-            time.sleep(0.01)
+        self._served = Served(self.app, lifespan="off", host=self.host).start()
+        self.port = self._served.port
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        if self._served is not None:
+            self._served.stop()
+        self._served = None
 
     def __enter__(self) -> Upstream:
         return self.start()

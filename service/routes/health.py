@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import CanRead, MetricsDep, ProvidersDep, StoreDep
@@ -15,22 +16,32 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "No model provider is usable; the body says which.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -> dict[str, object]:
-    redis_up = await store.ping()
+    reason = await store.health()
     ready = await providers.ready()
     if not any(ready.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         state = "unavailable"
     else:
-        state = "ready" if redis_up else "degraded"
-    body: dict[str, object] = {"status": state, "redis": redis_up, "providers": ready}
+        state = "ready" if reason is None else "degraded"
+    body: dict[str, object] = {"status": state, "redis": reason is None, "providers": ready}
+    if reason is not None:
+        body["reason"] = reason
     if providers.unavailable:
         body["unavailable"] = providers.unavailable
     return body
 
 
-@router.get("/metrics", dependencies=[CanRead])
+@router.get("/metrics", dependencies=[CanRead], response_class=PlainTextResponse)
 async def metrics(metrics: MetricsDep) -> Response:
     body = generate_latest(metrics.prometheus.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from formwork import logs
 from formwork.protocol import (
@@ -17,21 +17,45 @@ from formwork.protocol import (
     TaskSummary,
     TaskVersion,
 )
-from formwork.stats import task_stats
+from formwork.stats import Window, task_stats
 
 from ..deps import CanRead, CanRun, IsAdmin, MetricsDep, RegistryDep, RunnerDep, TaskName
+from ..disconnects import ClientGone, unless_disconnected
+from ..openapi import problems
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+CLIENT_CLOSED = 499  # the client closed the request (nginx's code); never seen by a client
 
 
-@router.post("/{task}/run", dependencies=[CanRun], response_model=RunResult)
-async def run_task(task: TaskName, body: RunRequest, runner: RunnerDep) -> Response:
-    result = await runner.run(task, body.input, body.options, request_id=logs.request_id.get())
+@router.post(
+    "/{task}/run",
+    dependencies=[CanRun],
+    response_model=RunResult,
+    responses=problems(400, 404, 413, 502, 503, 504),
+)
+async def run_task(
+    task: TaskName, body: RunRequest, runner: RunnerDep, request: Request
+) -> Response:
+    run = runner.run(task, body.input, body.options, request_id=logs.request_id.get())
+    try:
+        result = await unless_disconnected(request.receive, run)
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
     # already a validated RunResult: serialize it once instead of having FastAPI re-validate it
     return Response(result.model_dump_json(), media_type="application/json")
 
 
-@router.put("/{task}", dependencies=[IsAdmin])
+@router.put(
+    "/{task}",
+    dependencies=[IsAdmin],
+    status_code=status.HTTP_201_CREATED,
+    responses=problems(
+        400,
+        413,
+        503,
+        also={200: {"model": Registered, "description": "A new version, or unchanged."}},
+    ),
+)
 async def put_task(
     task: TaskName, spec: TaskSpec, registry: RegistryDep, response: Response
 ) -> Registered:
@@ -45,41 +69,46 @@ async def list_tasks(registry: RegistryDep) -> list[TaskSummary]:
     return await registry.summaries()
 
 
-@router.get("/{task}", dependencies=[CanRead])
+@router.get("/{task}", dependencies=[CanRead], responses=problems(404, 503))
 async def get_task(task: TaskName, registry: RegistryDep) -> TaskVersion:
     return await registry.get(task)
 
 
-@router.get("/{task}/versions/{version}", dependencies=[CanRead])
+@router.get("/{task}/versions/{version}", dependencies=[CanRead], responses=problems(404, 503))
 async def get_version(
     task: TaskName, version: Annotated[int, Path(ge=1)], registry: RegistryDep
 ) -> TaskVersion:
     return await registry.version(task, version)
 
 
-@router.delete("/{task}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[IsAdmin])
+@router.delete(
+    "/{task}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[IsAdmin],
+    responses=problems(404, 503),
+)
 async def delete_task(task: TaskName, registry: RegistryDep) -> None:
     await registry.delete(task)
 
 
-@router.delete("/{task}/cache", dependencies=[IsAdmin])
+@router.delete("/{task}/cache", dependencies=[IsAdmin], responses=problems(404, 503))
 async def invalidate_cache(task: TaskName, registry: RegistryDep) -> dict[str, str | int]:
     generation = await registry.invalidate_cache(task)
     return {"task": task, "cache_generation": generation}
 
 
-@router.get("/{task}/stats", dependencies=[CanRead])
+@router.get("/{task}/stats", dependencies=[CanRead], responses=problems(404, 503))
 async def get_stats(
     task: TaskName,
     registry: RegistryDep,
     metrics: MetricsDep,
-    window: Annotated[str, Query(description="15m, 1h, 24h or 7d")] = "1h",
+    window: Annotated[Window, Query(description="The time window.")] = "1h",
 ) -> TaskStats:
     await registry.get(task)
     return await task_stats(metrics, task, window)
 
 
-@router.get("/{task}/failures", dependencies=[CanRead])
+@router.get("/{task}/failures", dependencies=[CanRead], responses=problems(404, 503))
 async def get_failures(
     task: TaskName,
     registry: RegistryDep,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
+import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from formwork.config import Settings
@@ -131,3 +135,60 @@ def test_shipped_files_version_only_when_changed(settings: Settings, unique_name
     assert version() == 1
     path.write_text(json.dumps({"name": unique_name, **spec("up/backup")}))
     assert version() == 2
+
+
+def test_a_restart_keeps_what_was_registered_since_the_file(
+    settings: Settings, unique_name: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shipped file seeds its task and updates it only when the file changed since it was last
+    applied; a version registered since (a promotion) or a deletion is never undone by it."""
+    path = Path(settings.schemas_dir) / f"{unique_name}.json"
+    path.write_text(json.dumps({"name": unique_name, **spec("up/primary")}))
+    task = f"/v1/tasks/{unique_name}"
+
+    def current(client: TestClient) -> tuple[int, list[str]]:
+        for _ in range(100):
+            response = client.get(task)
+            if response.status_code == 200:
+                body = response.json()
+                return body["version"], [r["model"] for r in body["routes"]]
+            time.sleep(0.02)
+        raise AssertionError(response.text)
+
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        assert current(client) == (1, ["up/primary"])
+        promoted = client.put(task, json=spec("up/tuned", "up/primary"))
+        assert promoted.json()["version"] == 2
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        assert r.hmget(f"fw:task:{unique_name}", ["file_version", "current"]) == ["1", "2"]
+        assert len(r.hget(f"fw:task:{unique_name}", "file_digest") or "") == 64
+    # restart, file unchanged: the promotion stays
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        assert current(client) == (2, ["up/tuned", "up/primary"])
+    # restart, file changed: it is not applied over the promotion, and the log says so
+    path.write_text(json.dumps({"name": unique_name, **spec("up/backup")}))
+    with (
+        caplog.at_level(logging.WARNING),
+        TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client,
+    ):
+        assert current(client) == (2, ["up/tuned", "up/primary"])
+        for _ in range(100):
+            if "kept" in caplog.text:
+                break
+            time.sleep(0.02)
+    assert (
+        f"task {unique_name}: its shipped file changed, but version 2 was registered after the "
+        "file's version 1; kept (apply the file explicitly to replace it)"
+    ) in caplog.text
+    # the file as it was last applied: nothing to do; a deleted task stays deleted
+    path.write_text(json.dumps({"name": unique_name, **spec("up/primary")}))
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        assert current(client) == (2, ["up/tuned", "up/primary"])
+        assert client.delete(task).status_code == 204
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        time.sleep(0.3)
+        assert client.get(task).status_code == 404
+    # a changed file seeds the deleted task again, as a new version
+    path.write_text(json.dumps({"name": unique_name, **spec("up/primary", max_attempts=3)}))
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        assert current(client) == (3, ["up/primary"])
