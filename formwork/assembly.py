@@ -102,7 +102,7 @@ async def open_core(
     async with AsyncExitStack() as stack:
         store = Store.from_settings(settings)
         stack.push_async_callback(store.aclose)
-        validators = Validators()
+        validators = Validators(limits=settings.limits)
         unavailable: dict[str, str] = {}
         embedded: Provider | None = None
         if local == "load":
@@ -136,6 +136,7 @@ async def open_core(
             validators,
             deadline_s=settings.request_deadline_s,
             retry_after_max_s=settings.retry_after_max_s,
+            limits=settings.limits,
         )
         core = Core(settings, store, validators, providers, registry, cache, metrics, runner)
         if background:

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MODEL_REF = r"^[A-Za-z0-9_.-]+/\S+$"
+MODEL_REF_CHARS = 200
+CACHE_TTL_MAX_S = 365 * 86400  # a year; Redis refuses an expiry past its own range
 
 Outcome = Literal[
     "valid",
@@ -32,7 +34,9 @@ class Strict(BaseModel):
 
 
 class Route(Strict):
-    model: str = Field(pattern=MODEL_REF, description="`provider/model-id`.")
+    model: str = Field(
+        pattern=MODEL_REF, max_length=MODEL_REF_CHARS, description="`provider/model-id`."
+    )
     prompt: Literal["finetuned", "instructed"] = "instructed"
     max_attempts: int = Field(2, ge=1, le=5, description="1 + re-asks on this model.")
     constrained: bool = Field(True, description="Use the provider's schema-constrained decoding.")
@@ -47,7 +51,9 @@ class Example(Strict):
 
 
 class CachePolicy(Strict):
-    ttl_s: int = Field(86400, ge=0, description="0 disables caching for the task.")
+    ttl_s: int = Field(
+        86400, ge=0, le=CACHE_TTL_MAX_S, description="0 disables caching; a year at most."
+    )
 
 
 class TaskSpec(Strict):
@@ -98,7 +104,13 @@ class Registered(BaseModel):
 
 class RunOptions(Strict):
     cache: Literal["use", "refresh", "bypass"] = "use"
-    route: str | None = Field(None, pattern=MODEL_REF, description="Run on this model only.")
+    route: str | None = Field(
+        None,
+        pattern=MODEL_REF,
+        max_length=MODEL_REF_CHARS,
+        description="Run on this model only: one of the task's routes, or any model with a "
+        "key that has the admin scope.",
+    )
 
 
 class RunRequest(Strict):
