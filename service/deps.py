@@ -63,7 +63,12 @@ async def get_jobs(request: Request) -> JobManager:
     return _state(request).services.jobs
 
 
+async def get_keys(request: Request) -> Keys:
+    return _state(request).keys
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+KeysDep = Annotated[Keys, Depends(get_keys)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
