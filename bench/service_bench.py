@@ -173,6 +173,35 @@ def redis_ok(url: str) -> Iterator[bool]:
             yield False
 
 
+def start_redis(procs: Processes, work: Path) -> str:
+    """A redis-server of its own (no persistence) on a free port; its URL."""
+    port = free_port()
+    procs.spawn(
+        "redis",
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(work)),
+        ],
+    )
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def formwork_env(redis_url: str, upstream: Upstream, work: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Formwork server on ``redis_url`` with ``upstream`` as provider
+    ``up``, no embedded model and no task files; ``extra`` adds FORMWORK_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
+    return env | {
+        "FORMWORK_CONFIG": str(work / "absent.toml"),
+        "FORMWORK_REDIS_URL": redis_url,
+        "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
+        "FORMWORK_PROVIDERS__UP__API_KEY": "x",
+        "FORMWORK_LOCAL__ENABLED": "false",
+        "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
+        "FORMWORK_LOG_LEVEL": "WARNING",
+        **{f"FORMWORK_{k.upper()}": v for k, v in extra.items()},
+    }
+
+
 def uvicorn_args(app: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable,
@@ -474,7 +503,18 @@ def main() -> None:
         os.nice(args.nice)  # inherited by redis-server, both servers and wrk
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
-    with tempfile.TemporaryDirectory(prefix="formwork-bench-") as tmp, BenchUpstream() as upstream:
+    run_and_report(measure, args, BenchUpstream(), "formwork-bench-")
+
+
+Measure = Callable[[argparse.Namespace, Path, Processes, Upstream], str]
+
+
+def run_and_report(
+    measure: Measure, args: argparse.Namespace, upstream: Upstream, prefix: str
+) -> None:
+    """``measure`` in a scratch directory with ``upstream`` started and every process it
+    spawns stopped after; its markdown is printed and written to ``args.output``."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, upstream:
         work = Path(tmp)
         (work / "schemas").mkdir()
         procs = Processes(work)
@@ -490,34 +530,15 @@ def main() -> None:
 def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Upstream) -> str:
     load_before = load_average()
     upstream.set_default("*", Reply(content=ANSWER))
-    redis_url = args.redis_url
-    if redis_url is None:
-        port = free_port()
-        procs.spawn(
-            "redis",
-            [
-                *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(work)),
-            ],
-        )
-        redis_url = f"redis://127.0.0.1:{port}/0"
+    redis_url = args.redis_url or start_redis(procs, work)
     wait_until(procs, redis_ok(redis_url), "redis-server")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
     service_port, reference_port = free_port(), free_port()
-    service_env = env | {
-        "FORMWORK_CONFIG": str(work / "absent.toml"),
-        "FORMWORK_REDIS_URL": redis_url,
-        "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
-        "FORMWORK_PROVIDERS__UP__API_KEY": "x",
-        "FORMWORK_LOCAL__ENABLED": "false",
-        "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
-        "FORMWORK_LOG_LEVEL": "WARNING",
-    }
     procs.spawn(
         "formwork",
         uvicorn_args("service.app:create_app", service_port, args.workers),
-        service_env,
+        formwork_env(redis_url, upstream, work),
     )
     service = f"http://127.0.0.1:{service_port}"
     wait_until(procs, http_ok(service + "/healthz"), "formwork")

@@ -103,6 +103,7 @@ async def open_core(
         store = Store.from_settings(settings)
         stack.push_async_callback(store.aclose)
         validators = Validators(limits=settings.limits)
+        stack.callback(validators.close)
         unavailable: dict[str, str] = {}
         embedded: Provider | None = None
         if local == "load":

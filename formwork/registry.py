@@ -71,13 +71,19 @@ class Registry:
         self._versions: OrderedDict[tuple[str, int], TaskVersion] = OrderedDict()
         self._register = store.redis.register_script(REGISTER)
 
-    async def put(self, name: str, spec: TaskSpec) -> Registered:
+    def _checked(self, spec: TaskSpec) -> tuple[str, str]:
+        """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
         check_task(spec, self._validators)
         digest = spec_digest(spec)
-        created_at = time.time()
         blob = json.dumps(
-            {"created_at": created_at, "digest": digest, "spec": spec.model_dump(mode="json")}
+            {"created_at": time.time(), "digest": digest, "spec": spec.model_dump(mode="json")}
         )
+        return digest, blob
+
+    async def put(self, name: str, spec: TaskSpec) -> Registered:
+        # Checking, hashing and dumping a large definition takes a while (the meta-schema alone
+        # ~1 ms per property): on the validation thread, so that the event loop keeps serving.
+        digest, blob = await self._validators.off_loop(self._checked, spec)
         try:
             version, state = await self._store.call(
                 lambda r: self._register(

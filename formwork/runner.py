@@ -88,13 +88,6 @@ def judge(result: ChatResult, validator: Validator) -> Verdict:
     return Verdict("repaired" if parsed.repaired else "valid", value=parsed.value)
 
 
-async def judged(result: ChatResult, validator: Validator) -> Verdict:
-    """``judge``, on a worker thread for a long answer so that the event loop keeps serving."""
-    if len(result.text) < validator.limits.off_loop_chars:
-        return judge(result, validator)
-    return await asyncio.to_thread(judge, result, validator)
-
-
 class Runner:
     def __init__(
         self,
@@ -209,7 +202,7 @@ class Runner:
         if len(canonical(value)) < self.limits.off_loop_chars:
             errors = self.input_errors(task, value)
         else:
-            errors = await asyncio.to_thread(self.input_errors, task, value)
+            errors = await self.validators.off_loop(self.input_errors, task, value)
         if errors:
             raise InvalidInput(
                 f"the input does not match task {task.name!r}'s input_schema",
@@ -318,7 +311,10 @@ class Runner:
                 if await self._waited(run, e, more=n < route.max_attempts):
                     continue
                 return None
-            verdict = await judged(result, validator)
+            if len(result.text) < self.limits.off_loop_chars:
+                verdict = judge(result, validator)
+            else:  # a long answer: off the event loop, so that it keeps serving
+                verdict = await self.validators.off_loop(judge, result, validator)
             attempt = _attempt(route, verdict.outcome, verdict.errors, t0, usage=result.usage)
             self._record(run, attempt, n=n, paths=verdict.paths, raw=result.text)
             if verdict.outcome in VALID_OUTCOMES:

@@ -7,11 +7,14 @@ of comparing every pair, and what is validated is bounded in size and depth (``L
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
@@ -27,6 +30,7 @@ from .limits import capped, json_hazards
 from .protocol import ErrorItem, JsonSchema, TaskSpec
 from .subschemas import NO_FETCH, REF_KEYWORDS, reference_errors, subschemas
 
+T = TypeVar("T")
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 FORMATS = patterns.formats()
 
@@ -193,23 +197,40 @@ class Validator:
 
 
 class Validators:
-    """Compiled validators by schema digest, built once and reused (bounded LRU)."""
+    """Compiled validators by schema digest, built once and reused (bounded LRU), and the one
+    worker thread that long validations run on (``off_loop``)."""
 
     def __init__(self, size: int = 512, *, limits: Limits | None = None) -> None:
         self._size = size
         self.limits = limits or Limits()
         self._cache: OrderedDict[str, Validator] = OrderedDict()
+        self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the validation thread. One thread: the event loop then waits at most
+        one GIL switch interval (5 ms) to run, where several busy threads would keep it waiting
+        longer; long validations queue behind each other instead."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
 
     def get(self, schema: JsonSchema) -> Validator:
         key = schema_digest(schema)
-        validator = self._cache.get(key)
-        if validator is None:
-            validator = self._cache[key] = Validator(schema, self.limits)
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return validator
+        with self._lock:  # also used from worker threads (registration, long answers)
+            validator = self._cache.get(key)
+            if validator is None:
+                validator = self._cache[key] = Validator(schema, self.limits)
+                if len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
+            return validator
 
 
 def _text_errors(spec: TaskSpec, limits: Limits) -> list[ErrorItem]:
