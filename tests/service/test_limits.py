@@ -16,7 +16,7 @@ from formwork.auth import digest
 from formwork.config import ApiKeySettings, Settings
 from formwork.runner import Runner
 from service.app import create_app
-from tests.service.helpers import GOOD, OUTPUT, spec
+from tests.service.helpers import GOOD, OUTPUT, answered, attempt, spec
 from tests.upstream import Upstream
 
 PROBLEM = "application/problem+json"
@@ -112,7 +112,8 @@ def test_chunked_body_under_the_limit_runs(
     parts = (payload[i : i + 4096] for i in range(0, len(payload), 4096))
     headers = {**RUN, "content-type": "application/json"}
     response = keyed.post(f"/v1/tasks/{unique_name}/run", content=parts, headers=headers)
-    assert (response.status_code, response.json()["output"]) == (200, OUTPUT)
+    assert response.status_code == 200
+    answered(response.json(), unique_name, "up/primary", OUTPUT, attempt("up/primary", "valid", []))
     assert upstream.requests[-1]["messages"][-1]["content"] == "y" * 300_000
 
 
@@ -201,7 +202,8 @@ def test_recursion_through_properties_is_fine(
     assert client.put(f"/v1/tasks/{unique_name}", json=definition).status_code == 201
     upstream.script("primary", '{"kids": [{"kids": []}, {}]}')
     response = client.post(f"/v1/tasks/{unique_name}/run", json={"input": "x"})
-    assert response.json()["output"] == {"kids": [{"kids": []}, {}]}
+    output = {"kids": [{"kids": []}, {}]}
+    answered(response.json(), unique_name, "up/primary", output, attempt("up/primary", "valid", []))
 
 
 def test_ref_strings_inside_data_keywords_are_data(
@@ -217,7 +219,7 @@ def test_ref_strings_inside_data_keywords_are_data(
     answer = {"kind": {"$ref": "https://example.com/not-a-reference"}, "tag": {"$ref": "#/nowhere"}}
     upstream.script("primary", json.dumps(answer))
     response = client.post(f"/v1/tasks/{unique_name}/run", json={"input": "x"})
-    assert response.json()["output"] == answer
+    answered(response.json(), unique_name, "up/primary", answer, attempt("up/primary", "valid", []))
 
 
 def test_lone_surrogates_and_shapes_are_refused(client: TestClient, unique_name: str) -> None:
@@ -304,7 +306,8 @@ def test_route_override_is_kept_to_the_tasks_routes(
         body = {"input": "x", "options": {"route": route, "cache": "bypass"}}
         return keyed.post(f"{url}/run", json=body, headers=headers)
 
-    assert run("up/backup", RUN).json()["model"] == "up/backup"
+    backup = attempt("up/backup", "valid", [])
+    answered(run("up/backup", RUN).json(), unique_name, "up/backup", OUTPUT, backup)
     response = run("up/gpt-5-expensive", RUN)
     assert response.status_code == 403
     problem(
@@ -315,7 +318,10 @@ def test_route_override_is_kept_to_the_tasks_routes(
         "'up/backup'); another model needs a key with the admin scope",
         errors=[{"path": "$.options.route", "message": "not one of the task's routes"}],
     )
-    assert run("up/gpt-5-expensive", ADMIN).json()["model"] == "up/gpt-5-expensive"
+    other = attempt("up/gpt-5-expensive", "valid", [])
+    answered(
+        run("up/gpt-5-expensive", ADMIN).json(), unique_name, "up/gpt-5-expensive", OUTPUT, other
+    )
     assert upstream.calls("gpt-5-expensive") == 1
     too_long = run("up/" + "m" * 300, ADMIN)
     assert too_long.status_code == 422
