@@ -158,10 +158,16 @@ def big_schema() -> dict[str, Any]:
     return {"type": "object", "properties": properties}
 
 
-async def hostile_load(service: str, duration_s: float, concurrency: int) -> Counter[str]:
-    """Hostile runs and registrations from ``concurrency`` loops until the time is up."""
+REGISTER, TOO_BIG = "register-250kB-schema", "2MB-body"
+KINDS = (*sorted(TASKS), REGISTER, TOO_BIG)
+
+
+async def hostile_load(
+    service: str, duration_s: float, concurrency: int, kinds: list[str]
+) -> Counter[str]:
+    """Hostile runs and registrations from ``concurrency`` loops until the time is up, each
+    loop going through ``kinds`` in turn."""
     answered: Counter[str] = Counter()
-    names = sorted(TASKS)
     too_big = json.dumps({"input": "x" * (2 << 20)})
     registration = {"output_schema": big_schema()}
     deadline = time.monotonic() + duration_s
@@ -170,20 +176,16 @@ async def hostile_load(service: str, duration_s: float, concurrency: int) -> Cou
         n = worker
         while time.monotonic() < deadline:
             n += 1
-            if n % 10 == 0:
-                kind = "register 250 kB schema"
+            kind = kinds[n % len(kinds)]
+            if kind == REGISTER:
                 response = await client.put(f"{service}/v1/tasks/big-{n}", json=registration)
-            elif n % 10 == 5:
-                kind = "2 MB body"
-                body = too_big
-                response = await client.post(
-                    f"{service}/v1/tasks/pattern/run", content=body, headers=JSON
-                )
             else:
-                kind = names[n % len(names)]
+                task = "pattern" if kind == TOO_BIG else kind
                 body = json.dumps({"input": f"{worker}-{n}", "options": {"cache": "bypass"}})
                 response = await client.post(
-                    f"{service}/v1/tasks/{kind}/run", content=body, headers=JSON
+                    f"{service}/v1/tasks/{task}/run",
+                    content=too_big if kind == TOO_BIG else body,
+                    headers=JSON,
                 )
             answered[f"{kind}: {response.status_code}"] += 1
 
@@ -235,7 +237,8 @@ def healthz_during(
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as dog:
         answered: Counter[str] = Counter()
         if hostile:
-            answered = asyncio.run(hostile_load(service, args.duration, args.concurrency))
+            load = hostile_load(service, args.duration, args.concurrency, args.kinds)
+            answered = asyncio.run(load)
         out, _ = dog.communicate(timeout=args.duration + 60)
     return json.loads(out), answered
 
@@ -271,7 +274,8 @@ def report(
         *engines(),
         "",
         f"## /healthz while hostile requests run ({args.duration:g} s per phase, "
-        f"{args.concurrency} hostile loops, watchdog every 20 ms in its own process)",
+        f"{args.concurrency} hostile loops, watchdog every 20 ms in its own process; "
+        f"kinds: {', '.join(args.kinds)})",
         "",
         "| phase | probes | failed | p50 ms | p99 ms | worst ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -293,6 +297,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20, help="seconds per phase")
     parser.add_argument("--concurrency", type=int, default=4, help="hostile request loops")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="hostile requests to send (default: all, in turn)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "hostile.md")
     parser.add_argument("--watchdog", help=argparse.SUPPRESS)  # the watchdog process
     return parser.parse_args()
