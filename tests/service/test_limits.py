@@ -242,6 +242,19 @@ def test_lone_surrogates_and_shapes_are_refused(client: TestClient, unique_name:
     ]
 
 
+def test_schema_size_is_bounded(client: TestClient, unique_name: str) -> None:
+    properties = {f"field_{i:05d}": {"type": "string", "maxLength": 40} for i in range(6000)}
+    schema = {"type": "object", "properties": properties}
+    size = len(json.dumps(schema, separators=(",", ":")))
+    assert 256 << 10 < size < 1 << 20
+    assert refused(client, unique_name, spec(output_schema=schema, examples=[])) == [
+        {
+            "path": "$.output_schema",
+            "message": f"the schema is {size} bytes, over the 262144-byte limit",
+        }
+    ]
+
+
 def test_examples_are_bounded(client: TestClient, unique_name: str) -> None:
     definition = spec(examples=[{"input": str(i), "output": OUTPUT} for i in range(501)])
     assert refused(client, unique_name, definition) == [
