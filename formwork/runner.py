@@ -189,7 +189,17 @@ class Runner:
 
     async def _check_input(self, task: TaskVersion, value: JsonValue) -> None:
         """422 for an input that is not JSON text (lone surrogates, NaN), nests too deep, or
-        fails the task's ``input_schema``; a large input is validated on a worker thread."""
+        fails the task's ``input_schema``; a large input is checked on the validation thread."""
+        try:
+            small = len(canonical(value)) < self.limits.off_loop_chars
+        except (RecursionError, ValueError):
+            small = False
+        if small:
+            self._refuse_input(task, value)
+        else:
+            await self.validators.off_loop(self._refuse_input, task, value)
+
+    def _refuse_input(self, task: TaskVersion, value: JsonValue) -> None:
         hazard = next(json_hazards(value, max_depth=self.limits.json_depth), None)
         if hazard is not None:
             path, message = hazard
@@ -197,12 +207,7 @@ class Runner:
                 "the input is not valid JSON",
                 errors=[{"path": json_path(("input", *path)), "message": message}],
             )
-        if task.input_schema is None:
-            return
-        if len(canonical(value)) < self.limits.off_loop_chars:
-            errors = self.input_errors(task, value)
-        else:
-            errors = await self.validators.off_loop(self.input_errors, task, value)
+        errors = self.input_errors(task, value)
         if errors:
             raise InvalidInput(
                 f"the input does not match task {task.name!r}'s input_schema",

@@ -287,6 +287,7 @@ DEEP = '{"input": ' + "[" * 70 + "]" * 70 + "}"
         ('{"input": {"k\\udc00": 1}}', "$.input", LONE_KEY),
         ('{"input": [1, NaN]}', "$.input[1]", "nan is not a JSON number"),
         ('{"input": {"x": -Infinity}}', "$.input.x", "-inf is not a JSON number"),
+        ('{"input": [' + "1, " * 5000 + "NaN]}", "$.input[5000]", "nan is not a JSON number"),
         (DEEP, "$.input" + "[0]" * 65, "nested deeper than 64 levels"),
     ],
 )  # fmt: skip
@@ -304,6 +305,25 @@ def test_inputs_that_are_not_json_text_are_422(
         "Invalid input",
         "the input is not valid JSON",
         errors=[{"path": path, "message": message}],
+    )
+    assert upstream.calls() == 0
+
+
+def test_a_large_failing_input_gets_capped_errors(
+    client: TestClient, upstream: Upstream, unique_name: str
+) -> None:
+    definition = spec(input_schema={"type": "array", "items": {"type": "integer"}}, examples=[])
+    assert client.put(f"/v1/tasks/{unique_name}", json=definition).status_code == 201
+    response = client.post(f"/v1/tasks/{unique_name}/run", json={"input": ["x"] * 3000})
+    assert response.status_code == 422
+    first = sorted(range(3000), key=str)[:20]  # sorted by path text
+    errors = [{"path": f"$[{i}]", "message": "'x' is not of type 'integer'"} for i in first]
+    problem(
+        response,
+        "invalid-input",
+        "Invalid input",
+        f"the input does not match task {unique_name!r}'s input_schema",
+        errors=[*errors, {"path": "$", "message": "… and 2980 more error(s)"}],
     )
     assert upstream.calls() == 0
 
