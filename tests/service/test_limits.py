@@ -356,6 +356,15 @@ def test_route_override_is_kept_to_the_tasks_routes(
         run("up/gpt-5-expensive", ADMIN).json(), unique_name, "up/gpt-5-expensive", OUTPUT, other
     )
     assert upstream.calls("gpt-5-expensive") == 1
+    accented = run("up/modèle", ADMIN)
+    assert accented.status_code == 422
+    problem(
+        accented,
+        "invalid-input",
+        "Invalid input",
+        "options.route must be printable ASCII",
+        errors=[{"path": "$.options.route", "message": "not printable ASCII"}],
+    )
     too_long = run("up/" + "m" * 300, ADMIN)
     assert too_long.status_code == 422
     assert too_long.json()["errors"] == [
