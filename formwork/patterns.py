@@ -23,6 +23,7 @@ from jsonschema.protocols import Validator as ValidatorProtocol
 from .subschemas import Path, subschemas
 
 MAX_MEM = 8 << 20  # RE2's own default: a compiled program larger than this is refused
+RegexRefused = re2.error  # raised by ``search`` for a pattern registered before RE2 checks
 
 
 def _options() -> re2.Options:

@@ -184,6 +184,9 @@ class Validator:
         except (RecursionError, Unresolvable) as e:
             message = f"the value could not be validated: {type(e).__name__}"
             return Report([ErrorItem(path="$", message=message)], ["$ (unvalidated)"])
+        except patterns.RegexRefused:  # a task registered before regexes were checked
+            message = "the schema has a regular expression RE2 cannot take: register it again"
+            return Report([ErrorItem(path="$", message=message)], ["$ (unvalidated)"])
         if not found:
             return Report()
         paths = sorted(

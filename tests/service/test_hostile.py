@@ -9,8 +9,11 @@ from typing import Any
 from unittest.mock import ANY
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
+from formwork import keys
+from formwork.protocol import TaskSpec
 from tests.service.helpers import GOOD, OUTPUT, all_failed, answered, attempt, spec
 from tests.upstream import Reply, Upstream
 
@@ -304,3 +307,26 @@ def test_route_timeout_bounds_the_whole_call(
         unique_name,
         attempt("up/primary", "timeout", [{"path": "$", "message": "up: no answer within 1 s"}]),
     )
+
+
+def test_a_task_stored_before_regexes_were_checked_fails_cleanly(
+    client: TestClient, upstream: Upstream, unique_name: str, redis_url: str
+) -> None:
+    """A version written by an older release, with a lookahead RE2 refuses: its runs are
+    schema violations naming the cause, not 500s."""
+    definition = spec("up/primary", output_schema={"type": "string", "pattern": "(?=a)a"})
+    definition["examples"] = []
+    stored = {"created_at": 0.0, "digest": "old", "spec": TaskSpec(**definition).model_dump()}
+    with redis.Redis.from_url(redis_url) as r:
+        r.set(keys.task_version(unique_name, 1), json.dumps(stored))
+        r.hset(keys.task(unique_name), mapping={"current": 1, "digest": "old"})
+        r.sadd(keys.TASKS, unique_name)
+    upstream.set_default("primary", '"a"')
+    cause = [
+        {
+            "path": "$",
+            "message": "the schema has a regular expression RE2 cannot take: register it again",
+        }
+    ]
+    violation = attempt("up/primary", "schema_violation", cause)
+    all_failed(run(client, unique_name), unique_name, violation, violation)
