@@ -83,7 +83,14 @@ class Registry:
     async def put(self, name: str, spec: TaskSpec) -> Registered:
         # Checking, hashing and dumping a large definition takes a while (the meta-schema alone
         # ~1 ms per property): on the validation thread, so that the event loop keeps serving.
-        digest, blob = await self._validators.off_loop(self._checked, spec)
+        try:
+            small = len(spec.model_dump_json()) < self._validators.limits.off_loop_chars
+        except ValueError:  # not JSON text (a lone surrogate): the check refuses it at once
+            small = True
+        if small:  # inline, as fast as a thread hop; shipped tasks are seeded without delay
+            digest, blob = self._checked(spec)
+        else:
+            digest, blob = await self._validators.off_loop(self._checked, spec)
         try:
             version, state = await self._store.call(
                 lambda r: self._register(
