@@ -83,13 +83,6 @@ class Limits(BaseModel):
     retry_after_s: float = Field(
         300.0, gt=0, description="Longest Retry-After passed on to a caller."
     )
-    switch_interval_s: float = Field(
-        0.001,
-        gt=0,
-        le=0.1,
-        description="The server's GIL switch interval: how long the event loop may wait for a "
-        "validation thread (Python's default is 0.005).",
-    )
     off_loop_chars: int = Field(
         4096,
         ge=0,

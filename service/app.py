@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -35,10 +34,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # requests.
         gc.collect()
         gc.freeze()
-        # Long validations run on a worker thread; each time the event loop wants the GIL
-        # back it waits up to one switch interval (5 ms by default), several times per
-        # request. A shorter interval keeps other requests prompt (bench/hostile.md).
-        sys.setswitchinterval(settings.limits.switch_interval_s)
         yield
 
 
