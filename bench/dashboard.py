@@ -41,6 +41,7 @@ from bench.service_bench import (  # noqa: E402
     load_average,
     machine,
     prepare,
+    redis_ok,
     run,
     run_body,
     start_redis,
@@ -257,11 +258,12 @@ def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Up
     load_before = load_average()
     upstream.set_default("*", Reply(content=ANSWER))
     redis_url = start_redis(procs, work)
+    wait_until(procs, redis_ok(redis_url), "redis-server")
     print("recording 7 days of traffic", file=sys.stderr)
     seeded = asyncio.run(seed(redis_url, args.tasks))
 
     service_port = free_port()
-    service_env = formwork_env(work, redis_url, upstream)
+    service_env = formwork_env(redis_url, upstream, work)
     procs.spawn("formwork", uvicorn_args("service.app:create_app", service_port, 1), service_env)
     service = f"http://127.0.0.1:{service_port}"
     wait_until(procs, http_ok(service + "/healthz"), "formwork")

@@ -173,6 +173,35 @@ def redis_ok(url: str) -> Iterator[bool]:
             yield False
 
 
+def start_redis(procs: Processes, work: Path) -> str:
+    """A redis-server of its own (no persistence) on a free port; its URL."""
+    port = free_port()
+    procs.spawn(
+        "redis",
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(work)),
+        ],
+    )
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def formwork_env(redis_url: str, upstream: Upstream, work: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Formwork server on ``redis_url`` with ``upstream`` as provider
+    ``up``, no embedded model and no task files; ``extra`` adds FORMWORK_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
+    return env | {
+        "FORMWORK_CONFIG": str(work / "absent.toml"),
+        "FORMWORK_REDIS_URL": redis_url,
+        "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
+        "FORMWORK_PROVIDERS__UP__API_KEY": "x",
+        "FORMWORK_LOCAL__ENABLED": "false",
+        "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
+        "FORMWORK_LOG_LEVEL": "WARNING",
+        **{f"FORMWORK_{k.upper()}": v for k, v in extra.items()},
+    }
+
+
 def uvicorn_args(app: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable,
@@ -482,7 +511,18 @@ def run(args: argparse.Namespace, measure: Measure) -> None:
     """Measure with a scripted upstream and processes of its own; print and write the report."""
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
-    with tempfile.TemporaryDirectory(prefix="formwork-bench-") as tmp, BenchUpstream() as upstream:
+    run_and_report(measure, args, BenchUpstream(), "formwork-bench-")
+
+
+Measure = Callable[[argparse.Namespace, Path, Processes, Upstream], str]
+
+
+def run_and_report(
+    measure: Measure, args: argparse.Namespace, upstream: Upstream, prefix: str
+) -> None:
+    """``measure`` in a scratch directory with ``upstream`` started and every process it
+    spawns stopped after; its markdown is printed and written to ``args.output``."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, upstream:
         work = Path(tmp)
         (work / "schemas").mkdir()
         procs = Processes(work)
@@ -493,35 +533,6 @@ def run(args: argparse.Namespace, measure: Measure) -> None:
     print(text)
     args.output.write_text(text)
     print(f"written to {args.output}", file=sys.stderr)
-
-
-def start_redis(procs: Processes, work: Path) -> str:
-    """A redis-server of the benchmark's own on a free port, without persistence; its URL."""
-    port = free_port()
-    procs.spawn(
-        "redis",
-        [
-            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(work)),
-        ],
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_until(procs, redis_ok(url), "redis-server")
-    return url
-
-
-def formwork_env(work: Path, redis_url: str, upstream: Upstream) -> dict[str, str]:
-    """Formwork's environment: this Redis, the upstream as provider ``up``, nothing else."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMWORK_")}
-    return env | {
-        "FORMWORK_CONFIG": str(work / "absent.toml"),
-        "FORMWORK_REDIS_URL": redis_url,
-        "FORMWORK_PROVIDERS__UP__BASE_URL": upstream.base_url,
-        "FORMWORK_PROVIDERS__UP__API_KEY": "x",
-        "FORMWORK_LOCAL__ENABLED": "false",
-        "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
-        "FORMWORK_LOG_LEVEL": "WARNING",
-    }
 
 
 def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Upstream) -> str:
@@ -537,7 +548,7 @@ def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Up
     procs.spawn(
         "formwork",
         uvicorn_args("service.app:create_app", service_port, args.workers),
-        formwork_env(work, redis_url, upstream),
+        formwork_env(redis_url, upstream, work),
     )
     service = f"http://127.0.0.1:{service_port}"
     wait_until(procs, http_ok(service + "/healthz"), "formwork")

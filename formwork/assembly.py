@@ -114,7 +114,8 @@ async def open_core(
     async with AsyncExitStack() as stack:
         store = Store.from_settings(settings)
         stack.push_async_callback(store.aclose)
-        validators = Validators()
+        validators = Validators(limits=settings.limits)
+        stack.callback(validators.close)
         unavailable: dict[str, str] = {}
         embedded: Provider | None = None
         if local == "load":
@@ -168,6 +169,7 @@ def _runner(
         validators,
         deadline_s=settings.request_deadline_s,
         retry_after_max_s=settings.retry_after_max_s,
+        limits=settings.limits,
     )
 
 

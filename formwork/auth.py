@@ -59,3 +59,11 @@ class Keys:
                     raise Forbidden(f"this key lacks the {scope!r} scope")
                 return name
         raise Unauthorized("unknown API key")
+
+    def allows(self, authorization: str | None, scope: Scope) -> bool:
+        """Whether the request's key may use ``scope`` (always, when auth is off)."""
+        try:
+            self.check(authorization, scope)
+        except (Unauthorized, Forbidden):
+            return False
+        return True

@@ -58,6 +58,39 @@ class LocalModelSettings(BaseModel):
     max_tokens: int = Field(4096, ge=16, description="Cap on the tokens one generation makes.")
 
 
+class Limits(BaseModel):
+    """Bounds on what one request may cost the service (README, "Limits")."""
+
+    body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest request body; a larger one is refused with 413."
+    )
+    schema_bytes: int = Field(
+        256 << 10, ge=1024, description="Largest input or output schema (compact JSON)."
+    )
+    schema_depth: int = Field(32, ge=4, le=256, description="Deepest nesting in a schema.")
+    examples: int = Field(500, ge=0, description="Most examples one task may hold.")
+    json_depth: int = Field(
+        64, ge=4, le=512, description="Deepest nesting in an input or a model answer."
+    )
+    answer_chars: int = Field(
+        256 << 10, ge=1024, description="Longest model answer parsed and validated."
+    )
+    repair_chars: int = Field(
+        16 << 10, ge=0, description="Longest answer given to lenient JSON repair (slow)."
+    )
+    errors: int = Field(20, ge=1, description="Errors kept per attempt or per invalid input.")
+    error_chars: int = Field(300, ge=40, description="Longest error message kept.")
+    retry_after_s: float = Field(
+        300.0, gt=0, description="Longest Retry-After passed on to a caller."
+    )
+    off_loop_chars: int = Field(
+        4096,
+        ge=0,
+        description="Answers or inputs at least this long are validated off the "
+        "event loop, on a worker thread.",
+    )
+
+
 class ModelPrice(BaseModel):
     """USD per 1M tokens: training, and inference on the base model and on a fine-tune of it."""
 
@@ -165,6 +198,7 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(4, ge=1, description="Inputs of one batch run at once.")
     failures_kept: int = Field(1000, ge=10, description="Recent failed attempts kept per task.")
     request_log_kept: int = Field(10000, ge=0, description="Successful runs kept per task.")
+    limits: Limits = Field(default_factory=Limits)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     ui: UiSettings = Field(default_factory=UiSettings)

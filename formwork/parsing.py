@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import json_repair
 from pydantic import JsonValue
 
+EMBEDDED_TRIES = 64  # starts of an embedded object or array tried before giving up
 FENCE = re.compile(r"```[ \t]*(?:json|JSON|jsonc)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _decoder = json.JSONDecoder()
 
@@ -23,23 +24,36 @@ class Parsed:
 def _strict(text: str) -> tuple[bool, JsonValue]:
     try:
         return True, json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False, None
 
 
 def _embedded(text: str) -> tuple[bool, JsonValue]:
-    """The first complete JSON object or array that starts somewhere in the text."""
-    for match in re.finditer(r"[\[{]", text):
+    """The first complete JSON object or array that starts somewhere in the text (among the
+    first few candidates: each try may read to the end of the text)."""
+    for n, match in enumerate(re.finditer(r"[\[{]", text)):
+        if n == EMBEDDED_TRIES:
+            break
         try:
             value, _ = _decoder.raw_decode(text, match.start())
         except ValueError:
             continue
+        except RecursionError:
+            break
         return True, value
     return False, None
 
 
-def extract_json(text: str) -> Parsed | None:
-    """Return the JSON value in ``text``, or None when even repair finds nothing."""
+def _repaired(text: str) -> JsonValue:
+    try:
+        return json_repair.repair_json(text, return_objects=True, skip_json_loads=True)
+    except (ValueError, RecursionError):  # nesting too deep for its parser
+        return None
+
+
+def extract_json(text: str, *, repair_chars: int = 16384) -> Parsed | None:
+    """Return the JSON value in ``text``, or None when even repair finds nothing. Repair (slow:
+    about 4 ms per kilobyte) is tried on at most ``repair_chars`` characters."""
     stripped = text.strip()
     if not stripped:
         return None
@@ -55,7 +69,9 @@ def extract_json(text: str) -> Parsed | None:
         return Parsed(value, repaired=False)
     candidate = FENCE.findall(stripped)
     source = candidate[0] if candidate else stripped
-    repaired = json_repair.repair_json(source, return_objects=True, skip_json_loads=True)
+    if len(source) > repair_chars:
+        return None
+    repaired = _repaired(source)
     if repaired in ("", None) or not isinstance(repaired, dict | list):
         return None
     return Parsed(repaired, repaired=True)

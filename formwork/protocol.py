@@ -10,6 +10,8 @@ TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # ASCII only, so that the pattern means the same in Python, Rust and ECMA-262 (the OpenAPI
 # dialect): their ``\S`` disagree on characters such as U+0085.
 MODEL_REF = r"^[A-Za-z0-9_.-]+/[!-~]+$"
+MODEL_REF_CHARS = 200
+CACHE_TTL_MAX_S = 365 * 86400  # a year; Redis refuses an expiry past its own range
 
 Outcome = Literal[
     "valid",
@@ -41,7 +43,9 @@ class Strict(Model):
 
 
 class Route(Strict):
-    model: str = Field(pattern=MODEL_REF, description="`provider/model-id`.")
+    model: str = Field(
+        pattern=MODEL_REF, max_length=MODEL_REF_CHARS, description="`provider/model-id`."
+    )
     prompt: Literal["finetuned", "instructed"] = "instructed"
     max_attempts: int = Field(2, ge=1, le=5, description="1 + re-asks on this model.")
     constrained: bool = Field(True, description="Use the provider's schema-constrained decoding.")
@@ -58,7 +62,9 @@ class Example(Strict):
 
 
 class CachePolicy(Strict):
-    ttl_s: int = Field(86400, ge=0, description="0 disables caching for the task.")
+    ttl_s: int = Field(
+        86400, ge=0, le=CACHE_TTL_MAX_S, description="0 disables caching; a year at most."
+    )
 
 
 class TaskSpec(Strict):
@@ -110,7 +116,13 @@ class Registered(Model):
 
 class RunOptions(Strict):
     cache: Literal["use", "refresh", "bypass"] = "use"
-    route: str | None = Field(None, pattern=MODEL_REF, description="Run on this model only.")
+    route: str | None = Field(
+        None,
+        pattern=MODEL_REF,
+        max_length=MODEL_REF_CHARS,
+        description="Run on this model only: one of the task's routes, or any model with a "
+        "key that has the admin scope.",
+    )
     version: int | None = Field(None, ge=1, description="Run this version, not the current one.")
 
 

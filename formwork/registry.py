@@ -118,6 +118,15 @@ class Registry:
         self._seed = store.redis.register_script(SEED)
         self._restore = store.redis.register_script(RESTORE)
 
+    def _checked(self, spec: TaskSpec) -> tuple[str, str]:
+        """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
+        check_task(spec, self._validators)
+        found = spec_digest(spec)
+        blob = json.dumps(
+            {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
+        )
+        return found, blob
+
     async def put(self, name: str, spec: TaskSpec) -> Registered:
         version, state, _ = await self._apply(self._register, name, spec)
         return self._registered(name, spec, version, state)
@@ -125,11 +134,16 @@ class Registry:
     async def _apply(
         self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str
     ) -> tuple[int, int, int]:
-        check_task(spec, self._validators)
-        found = spec_digest(spec)
-        blob = json.dumps(
-            {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
-        )
+        # Checking, hashing and dumping a large definition takes a while (the meta-schema alone
+        # ~1 ms per property): on the validation thread, so that the event loop keeps serving.
+        try:
+            small = len(spec.model_dump_json()) < self._validators.limits.off_loop_chars
+        except ValueError:  # not JSON text (a lone surrogate): the check refuses it at once
+            small = True
+        if small:  # inline, as fast as a thread hop; shipped tasks are seeded without delay
+            found, blob = self._checked(spec)
+        else:
+            found, blob = await self._validators.off_loop(self._checked, spec)
         try:
             reply = await self._store.call(
                 lambda r: script(

@@ -11,8 +11,11 @@ from pydantic import JsonValue
 
 from . import budget, prompts
 from .cache import Cache, Cached, cache_key
-from .errors import AllRoutesFailed, DeadlineExceeded, InvalidInput, Unavailable
+from .config import Limits
+from .digests import canonical
+from .errors import AllRoutesFailed, DeadlineExceeded, Forbidden, InvalidInput, Unavailable
 from .flight import SingleFlight
+from .limits import json_hazards
 from .metrics import Metrics, RequestRecord
 from .parsing import extract_json
 from .protocol import (
@@ -29,7 +32,7 @@ from .protocol import (
 from .providers import Providers
 from .providers.base import ChatRequest, ChatResult, Message, ProviderError
 from .registry import Registry
-from .validation import Validator, Validators
+from .validation import Validator, Validators, json_path
 
 RAW_OUTPUT_KEPT = 8192
 DEADLINE_MARGIN_S = 0.05
@@ -61,21 +64,27 @@ class Verdict:
 
 
 def judge(result: ChatResult, validator: Validator) -> Verdict:
-    """Name what the model answered: valid, repaired, or how it is wrong."""
+    """Name what the model answered: valid, repaired, or how it is wrong. The cost is bounded
+    by ``validator.limits``: answer length, repair length, nesting depth, errors kept."""
+    limits = validator.limits
     if result.refusal or result.finish_reason == "content_filter":
-        reason = result.refusal or "content filter"
+        reason = (result.refusal or "content filter")[: limits.error_chars]
         return Verdict("refusal", errors=[ErrorItem(path="$", message=f"refused: {reason}")])
     if result.finish_reason == "length":
         message = "the answer was cut off at max_tokens; answer more briefly"
         return Verdict("truncated", errors=[ErrorItem(path="$", message=message)])
-    parsed = extract_json(result.text)
+    if len(result.text) > limits.answer_chars:
+        message = (
+            f"the answer is {len(result.text)} characters long, over the limit of "
+            f"{limits.answer_chars}; answer more briefly"
+        )
+        return Verdict("invalid_json", errors=[ErrorItem(path="$", message=message)])
+    parsed = extract_json(result.text, repair_chars=limits.repair_chars)
     if parsed is None:
         return Verdict("invalid_json", errors=[ErrorItem(path="$", message="no JSON value found")])
-    errors = validator.errors(parsed.value)
-    if errors:
-        return Verdict(
-            "schema_violation", errors=errors, paths=validator.failing_paths(parsed.value)
-        )
+    report = validator.check(parsed.value)
+    if report.errors:
+        return Verdict("schema_violation", errors=report.errors, paths=report.paths)
     return Verdict("repaired" if parsed.repaired else "valid", value=parsed.value)
 
 
@@ -91,6 +100,7 @@ class Runner:
         *,
         deadline_s: float,
         retry_after_max_s: float,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
@@ -100,23 +110,26 @@ class Runner:
         self.validators = validators
         self.deadline_s = deadline_s
         self.retry_after_max_s = retry_after_max_s
+        self.limits = limits or validators.limits
 
     async def run(
-        self, name: str, value: JsonValue, options: RunOptions, *, request_id: str
+        self,
+        name: str,
+        value: JsonValue,
+        options: RunOptions,
+        *,
+        request_id: str,
+        any_route: bool = False,
     ) -> RunResult:
-        """The run path for one request: the validated output, or a FormworkError."""
+        """The run path for one request: the validated output, or a FormworkError.
+        ``options.route`` may name a model outside the task's routes only with ``any_route``."""
         started = time.monotonic()
         current = await self.registry.current(name)
         task = current.task
         if options.version is not None and options.version != task.version:
             task = await self.registry.version(name, options.version)
-        errors = self.input_errors(task, value)
-        if errors:
-            raise InvalidInput(
-                f"the input does not match task {name!r}'s input_schema",
-                errors=[e.model_dump() for e in errors],
-            )
-        chain = self._chain(task, options.route)
+        await self._check_input(task, value)
+        chain = self._chain(task, options.route, any_route=any_route)
         key = cache_key(task.name, task.version, current.cache_gen, [r.model for r in chain], value)
         run = Run(task, request_id, started + self.deadline_s)
         ok, cached, hit = False, False, None
@@ -177,15 +190,54 @@ class Runner:
             await self.cache.set(key, hit, ttl_s)
         return hit, False
 
-    def _chain(self, task: TaskVersion, override: str | None) -> list[Route]:
+    async def _check_input(self, task: TaskVersion, value: JsonValue) -> None:
+        """422 for an input that is not JSON text (lone surrogates, NaN), nests too deep, or
+        fails the task's ``input_schema``; a large input is checked on the validation thread."""
+        try:
+            small = len(canonical(value)) < self.limits.off_loop_chars
+        except (RecursionError, ValueError):
+            small = False
+        if small:
+            self._refuse_input(task, value)
+        else:
+            await self.validators.off_loop(self._refuse_input, task, value)
+
+    def _refuse_input(self, task: TaskVersion, value: JsonValue) -> None:
+        hazard = next(json_hazards(value, max_depth=self.limits.json_depth), None)
+        if hazard is not None:
+            path, message = hazard
+            raise InvalidInput(
+                "the input is not valid JSON",
+                errors=[{"path": json_path(("input", *path)), "message": message}],
+            )
+        errors = self.input_errors(task, value)
+        if errors:
+            raise InvalidInput(
+                f"the input does not match task {task.name!r}'s input_schema",
+                errors=[e.model_dump() for e in errors],
+            )
+
+    def _chain(self, task: TaskVersion, override: str | None, *, any_route: bool) -> list[Route]:
         if override is None:
             return self.providers.chain(task.routes)
+        if not (override.isascii() and override.isprintable()):  # it becomes a metrics label
+            raise InvalidInput(
+                "options.route must be printable ASCII",
+                errors=[{"path": "$.options.route", "message": "not printable ASCII"}],
+            )
+        same = [route for route in task.routes if route.model == override]
+        if not same and not any_route:
+            named = ", ".join(repr(route.model) for route in task.routes) or "none"
+            raise Forbidden(
+                f"options.route may name one of task {task.name!r}'s routes ({named}); "
+                "another model needs a key with the admin scope",
+                errors=[{"path": "$.options.route", "message": "not one of the task's routes"}],
+            )
         if not self.providers.has(override):
             raise InvalidInput(
                 f"no provider is configured for route {override!r}",
                 errors=[{"path": "$.options.route", "message": "unknown provider"}],
             )
-        same = [route for route in task.routes if route.model == override]
         return same[:1] or [Route(model=override)]
 
     def first_route(self, task: TaskVersion) -> Route:
@@ -219,7 +271,7 @@ class Runner:
         if limited and len(limited) == len(run.attempts):
             raise Unavailable(
                 "every model is rate limited or busy; retry later",
-                retry_after=run.retry_after or 1.0,
+                retry_after=min(run.retry_after or 1.0, self.limits.retry_after_s),
                 attempts=[a.model_dump() for a in run.attempts],
             )
         raise AllRoutesFailed(
@@ -259,7 +311,12 @@ class Runner:
             )
             t0 = time.perf_counter()
             try:
-                result = await provider.complete(request)
+                async with asyncio.timeout(route.timeout_s):  # the whole call, not each read
+                    result = await provider.complete(request)
+            except TimeoutError:
+                message = f"{provider.name}: no answer within {route.timeout_s:g} s"
+                self._record(run, _attempt(route, "timeout", message, t0), n=n)
+                return None
             except asyncio.CancelledError as e:
                 why = str(e.args[0]) if e.args else "the request deadline ended this call"
                 cut = _attempt(route, "timeout", why, t0)
@@ -270,7 +327,10 @@ class Runner:
                 if await self._waited(run, e, more=n < route.max_attempts):
                     continue
                 return None
-            verdict = judge(result, validator)
+            if len(result.text) < self.limits.off_loop_chars:
+                verdict = judge(result, validator)
+            else:  # a long answer: off the event loop, so that it keeps serving
+                verdict = await self.validators.off_loop(judge, result, validator)
             attempt = _attempt(route, verdict.outcome, verdict.errors, t0, usage=result.usage)
             self._record(run, attempt, n=n, paths=verdict.paths, raw=result.text)
             if verdict.outcome in VALID_OUTCOMES:

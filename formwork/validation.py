@@ -2,37 +2,39 @@
 
 Each schema is read in the dialect its ``$schema`` declares (see ``dialects``) and validates
 outputs with that dialect's semantics. Nothing is ever fetched: ``$ref`` may only point inside
-the schema.
+the schema. Validation has bounded cost: regexes run on RE2 (``patterns``), ``uniqueItems``
+hashes instead of comparing every pair, and what is validated is bounded in size and depth
+(``Limits``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from jsonschema import FormatChecker
+from jsonschema import validators
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator as ValidatorProtocol
 from pydantic import JsonValue
-from referencing import Registry
-from referencing.exceptions import NoSuchResource
+from referencing.exceptions import Unresolvable
 
-from . import dialects
-from .digests import digest
+from . import dialects, patterns
+from .config import Limits
+from .digests import canonical, digest
 from .errors import InvalidSchema
+from .limits import capped, json_hazards
 from .protocol import ErrorItem, JsonSchema, TaskSpec
+from .subschemas import NO_FETCH, REF_KEYWORDS, reference_errors, subschemas
 
-FORMATS = FormatChecker()
-REF_KEYWORDS = ("$ref", "$dynamicRef")
-
-
-def _no_retrieval(uri: str) -> Any:
-    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
-
-
-NO_FETCH: Registry[Any] = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+T = TypeVar("T")
+FORMATS = patterns.formats()
 
 
 def json_path(parts: Iterable[str | int], *, wildcard: bool = False) -> str:
@@ -61,88 +63,206 @@ def schema_digest(schema: JsonSchema) -> str:
     return digest(schema)
 
 
-def _refs(
-    node: JsonValue, path: tuple[str | int, ...]
-) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in REF_KEYWORDS and isinstance(value, str):
-                yield (*path, key), value
-            else:
-                yield from _refs(value, (*path, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _refs(value, (*path, i))
+def _identity(value: Any) -> Any:
+    """A hashable stand-in equal for equal JSON values (1 == 1.0, but True != 1)."""
+    if isinstance(value, bool) or value is None:
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", value)
+    if isinstance(value, list):
+        return ("l", tuple(map(_identity, value)))
+    if isinstance(value, dict):
+        return ("d", frozenset((k, _identity(v)) for k, v in value.items()))
+    return ("s", value)
 
 
-def schema_errors(schema: JsonSchema, where: str) -> list[ErrorItem]:
-    """Errors against its own dialect's meta-schema, an unknown ``$schema`` and any non-local
-    ``$ref``, each with its path."""
+def _unique_items(
+    validator: ValidatorProtocol, unique: bool, instance: Any, schema: object
+) -> Iterator[ValidationError]:
+    """``uniqueItems`` in linear time (jsonschema compares every pair of objects)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    if len({_identity(item) for item in instance}) < len(instance):
+        yield ValidationError(f"{len(instance)} items, not all unique")
+
+
+@functools.cache
+def bounded(dialect: type[ValidatorProtocol]) -> type[ValidatorProtocol]:
+    """The dialect's validator with RE2 regexes and a linear ``uniqueItems``."""
+    extended: type[ValidatorProtocol] = validators.extend(  # type: ignore[no-untyped-call]
+        dialect,
+        validators={
+            "pattern": patterns.pattern_keyword,
+            "patternProperties": patterns.pattern_properties_keyword,
+            "uniqueItems": _unique_items,
+        },
+    )
+    return extended
+
+
+def _depth(value: object) -> int:
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def _shape_errors(schema: JsonSchema, where: str, limits: Limits) -> list[ErrorItem]:
+    """Size, depth and text problems, checked before anything walks the schema recursively."""
+    size = len(canonical(schema).encode("utf-8", "surrogatepass"))
+    if size > limits.schema_bytes:
+        message = f"the schema is {size} bytes, over the {limits.schema_bytes}-byte limit"
+        return [ErrorItem(path=json_path((where,)), message=message)]
+    if (depth := _depth(schema)) > limits.schema_depth:
+        message = f"the schema nests {depth} levels, over the limit of {limits.schema_depth}"
+        return [ErrorItem(path=json_path((where,)), message=message)]
+    return [
+        ErrorItem(path=json_path((where, *path)), message=message)
+        for path, message in json_hazards(schema, max_depth=limits.schema_depth + 1)
+    ]
+
+
+def _remote_refs(schema: JsonSchema, where: str) -> Iterator[ErrorItem]:
+    for path, node in subschemas(schema, (where,)):
+        for keyword in REF_KEYWORDS:
+            ref = node.get(keyword)
+            if isinstance(ref, str) and not ref.startswith("#"):
+                yield ErrorItem(
+                    path=json_path((*path, keyword)),
+                    message=f"remote reference {ref!r} refused: only local '#...' references",
+                )
+
+
+def schema_errors(schema: JsonSchema, where: str, limits: Limits | None = None) -> list[ErrorItem]:
+    """Everything that keeps ``schema`` from working, each with its path: size and depth, text
+    that is not valid Unicode, errors against its own dialect's meta-schema, an unknown
+    ``$schema``, remote, dangling or looping references, and regexes RE2 cannot take."""
+    errors = _shape_errors(schema, where, limits or Limits())
+    if errors:
+        return errors
     errors = _items(dialects.meta_errors(schema), (where,))
     unknown = dialects.unknown_dialect(schema)
     if unknown is not None:
         errors.append(ErrorItem(path=json_path((where, "$schema")), message=unknown))
-    for path, ref in _refs(schema, (where,)):
-        if not ref.startswith("#"):
-            errors.append(
-                ErrorItem(
-                    path=json_path(path),
-                    message=f"remote reference {ref!r} refused: only local '#...' references",
-                )
-            )
-    return errors
+    errors += _remote_refs(schema, where)
+    if errors:
+        return errors
+    found = [*patterns.pattern_errors(schema, (where,)), *reference_errors(schema, (where,))]
+    errors = [ErrorItem(path=json_path(path), message=message) for path, message in found]
+    return sorted(errors, key=lambda e: e.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One validation pass: every error (capped), and the failing paths for the stats."""
+
+    errors: list[ErrorItem] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
 
 
 class Validator:
     """A compiled validator for one schema, in its own dialect. Collects every error with its
-    path; ``translation`` is the 2020-12 form that engines and providers are given."""
+    path in one pass; ``translation`` is the 2020-12 form that engines and providers are given."""
 
-    def __init__(self, schema: JsonSchema) -> None:
+    def __init__(self, schema: JsonSchema, limits: Limits | None = None) -> None:
         self.schema = schema
-        cls = dialects.validator_class(schema)
+        self.limits = limits or Limits()
+        cls = bounded(dialects.validator_class(schema))
         self._validator = cls(schema, format_checker=FORMATS, registry=NO_FETCH)
 
     @functools.cached_property
     def translation(self) -> dialects.Translation:
         return dialects.translate(self.schema)
 
-    def errors(self, instance: JsonValue) -> list[ErrorItem]:
-        return _items(self._validator.iter_errors(instance))
-
-    def failing_paths(self, instance: JsonValue) -> list[str]:
-        """Where it fails, indices folded: ``$.items[*].price (minimum)``, for the stats."""
-        return sorted(
-            {
-                f"{json_path(e.absolute_path, wildcard=True)} ({e.validator})"
-                for e in self._validator.iter_errors(instance)
-            }
+    def check(self, instance: JsonValue) -> Report:
+        """Errors with their paths, and where it fails with indices folded
+        (``$.items[*].price (minimum)``), from a single pass."""
+        limits = self.limits
+        hazard = next(json_hazards(instance, max_depth=limits.json_depth), None)
+        if hazard is not None:
+            path, message = hazard
+            return Report([ErrorItem(path=json_path(path), message=message)], ["$ (depth)"])
+        try:
+            found = list(self._validator.iter_errors(instance))
+        except (RecursionError, Unresolvable) as e:
+            message = f"the value could not be validated: {type(e).__name__}"
+            return Report([ErrorItem(path="$", message=message)], ["$ (unvalidated)"])
+        except patterns.RegexRefused:  # a task registered before regexes were checked
+            message = "the schema has a regular expression RE2 cannot take: register it again"
+            return Report([ErrorItem(path="$", message=message)], ["$ (unvalidated)"])
+        if not found:
+            return Report()
+        paths = sorted(
+            {f"{json_path(e.absolute_path, wildcard=True)} ({e.validator})" for e in found}
         )
+        errors = capped(_items(found), count=limits.errors, chars=limits.error_chars)
+        return Report(errors, paths)
+
+    def errors(self, instance: JsonValue) -> list[ErrorItem]:
+        return self.check(instance).errors
 
 
 class Validators:
-    """Compiled validators by schema digest, built once and reused (bounded LRU)."""
+    """Compiled validators by schema digest, built once and reused (bounded LRU), and the one
+    worker thread that long validations run on (``off_loop``)."""
 
-    def __init__(self, size: int = 512) -> None:
+    def __init__(self, size: int = 512, *, limits: Limits | None = None) -> None:
         self._size = size
+        self.limits = limits or Limits()
         self._cache: OrderedDict[str, Validator] = OrderedDict()
+        self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the validation thread. One thread: the event loop then waits at most
+        one GIL switch interval (5 ms) to run, where several busy threads would keep it waiting
+        longer; long validations queue behind each other instead."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
 
     def get(self, schema: JsonSchema) -> Validator:
         key = schema_digest(schema)
-        validator = self._cache.get(key)
-        if validator is None:
-            validator = self._cache[key] = Validator(schema)
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return validator
+        with self._lock:  # also used from worker threads (registration, long answers)
+            validator = self._cache.get(key)
+            if validator is None:
+                validator = self._cache[key] = Validator(schema, self.limits)
+                if len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
+            return validator
+
+
+def _text_errors(spec: TaskSpec, limits: Limits) -> list[ErrorItem]:
+    """Lone surrogates and non-finite numbers anywhere else in the definition."""
+    rest = spec.model_dump(mode="python", exclude={"input_schema", "output_schema"})
+    return [
+        ErrorItem(path=json_path(path), message=message)
+        for path, message in json_hazards(rest, max_depth=limits.json_depth + 4)
+    ]
 
 
 def check_task(spec: TaskSpec, validators: Validators) -> None:
     """Raise InvalidSchema naming every problem: schemas, then examples against them."""
-    errors = schema_errors(spec.output_schema, "output_schema")
+    limits = validators.limits
+    errors = schema_errors(spec.output_schema, "output_schema", limits)
     if spec.input_schema is not None:
-        errors += schema_errors(spec.input_schema, "input_schema")
+        errors += schema_errors(spec.input_schema, "input_schema", limits)
+    errors += _text_errors(spec, limits)
+    if len(spec.examples) > limits.examples:
+        message = f"{len(spec.examples)} examples, over the limit of {limits.examples}"
+        errors.append(ErrorItem(path="$.examples", message=message))
     if errors:
         raise InvalidSchema(
             f"{len(errors)} problem(s) in the task's schemas",

@@ -18,7 +18,7 @@ from training.assembly import open_services
 
 from . import openapi, problems, ui
 from .deps import AppState
-from .middleware import LoopbackOnlyMiddleware, RequestIdMiddleware
+from .middleware import BodyLimitMiddleware, LoopbackOnlyMiddleware, RequestIdMiddleware
 from .routes import batch, compat, finetunes, health, tasks
 
 log = logging.getLogger(__name__)
@@ -65,5 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app, keys=bool(settings.api_keys))
     if not settings.api_keys and not settings.insecure_no_auth:
         app.add_middleware(LoopbackOnlyMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.body_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: its id is on every answer, a 500 too
     return app

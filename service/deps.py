@@ -78,8 +78,13 @@ async def get_settings(request: Request) -> Settings:
     return _state(request).settings
 
 
+async def get_keys(request: Request) -> Keys:
+    return _state(request).keys
+
+
 CoreDep = Annotated[Core, Depends(get_core)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+KeysDep = Annotated[Keys, Depends(get_keys)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]

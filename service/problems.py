@@ -1,8 +1,10 @@
-"""Every error as RFC 9457 problem+json: ours, FastAPI's request validation, and the unexpected."""
+"""Every error as RFC 9457 problem+json: ours, FastAPI's request validation and HTTP errors.
+The unexpected (a 500) is answered by ``middleware.RequestIdMiddleware``, with the request id."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +25,7 @@ METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 def problem_response(error: FormworkError, request: Request) -> JSONResponse:
     headers = {}
-    if error.retry_after is not None:
+    if error.retry_after is not None and math.isfinite(error.retry_after):
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if request.url.path.startswith(OPENAI_PATHS):
         body = compat.error_envelope(error, request_id=logs.request_id.get())
@@ -81,13 +83,7 @@ def allowed(request: Request) -> str:
     return ", ".join(served)
 
 
-async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(FormworkError("an internal error occurred"), request)
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(FormworkError, on_formwork_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

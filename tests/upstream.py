@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.served import Served
@@ -75,6 +75,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    drip_s: float = 0.0  # send the body one byte at a time, this long apart (a slow drip)
+    body: str | None = None  # send exactly this 200 body instead of a chat completion
 
 
 @dataclass
@@ -187,6 +189,12 @@ def _page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
         ids = [item["id"] for item in items]
         items = items[ids.index(after) + 1 :] if after in ids else []
     return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
+
+
+async def _drip(body: bytes, interval_s: float) -> Any:
+    for i in range(len(body)):
+        yield body[i : i + 1]
+        await asyncio.sleep(interval_s)
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -387,7 +395,12 @@ class Upstream:
                 "total_tokens": reply.prompt_tokens + reply.completion_tokens,
             },
         }
-        return JSONResponse(completion, headers=reply.headers)
+        text = json.dumps(completion) if reply.body is None else reply.body
+        if reply.drip_s:
+            return StreamingResponse(
+                _drip(text.encode(), reply.drip_s), media_type="application/json"
+            )
+        return Response(text, media_type="application/json", headers=reply.headers)
 
     async def _models(self, request: Request) -> Response:
         with self._lock:

@@ -7,37 +7,82 @@ messages are not passed on, since some echo part of the key.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
 
 from ..config import ProviderSettings
 from ..protocol import JsonSchema, Usage
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
 from .strict import StrictSchema, restore, to_strict
 
+RETRY_AFTER_CEILING_S = 86400.0  # a longer Retry-After is read as this (the runner caps lower)
+
+
+def _seconds(value: str, *, scale: float = 1.0) -> float | None:
+    """A finite number of seconds in [0, a day], from a number or an HTTP date; None for
+    anything else (``inf``, ``nan``, garbage)."""
+    try:
+        seconds = float(value) / scale
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds) or (math.isinf(seconds) and seconds < 0):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CEILING_S)
+
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), bounded."""
+    if (ms := headers.get("retry-after-ms")) is not None and (
+        found := _seconds(ms, scale=1000)
+    ) is not None:
+        return found
     value = headers.get("retry-after")
-    if value is None:
-        return None
+    return None if value is None else _seconds(value.strip())
+
+
+def _field(node: object, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"{where}.{key} is missing or not of the expected type")
+    return value
+
+
+def completion(text: str) -> ChatResult:
+    """The answer in a chat completion body; ValueError naming what is malformed."""
     try:
-        return max(float(value), 0.0)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
+        body = json.loads(text)
+    except RecursionError as e:
+        raise ValueError("the body nests too deeply") from e
+    except ValueError as e:
+        raise ValueError("the body is not JSON") from e
+    choices = _field(body, "choices", list, "$")
+    if not choices:
+        raise ValueError("$.choices is empty")
+    message = _field(choices[0], "message", dict, "$.choices[0]")
+    content = _field(message, "content", (str, type(None)), "$.choices[0].message")
+    refusal = _field(message, "refusal", (str, type(None)), "$.choices[0].message")
+    finish = _field(choices[0], "finish_reason", (str, type(None)), "$.choices[0]")
+    usage = Usage()
+    if isinstance(body.get("usage"), dict):
+        counts = body["usage"]
+        usage = Usage(
+            prompt_tokens=_field(counts, "prompt_tokens", int, "$.usage"),
+            completion_tokens=_field(counts, "completion_tokens", int, "$.usage"),
+        )
+    return ChatResult(
+        text=content or "", finish_reason=finish or "stop", refusal=refusal, usage=usage
+    )
 
 
 def fine_tuned(model: str) -> bool:
@@ -94,10 +139,10 @@ class OpenAIProvider:
         try:
             # The client's documented raw ``post``: the body is already in wire form, and
             # ``chat.completions.create``'s parameter conversion costs ~0.7 ms of CPU per call.
-            response = await self._client.post(
+            text = await self._client.post(
                 "/chat/completions",
                 body=body,
-                cast_to=ChatCompletion,
+                cast_to=str,  # parsed and checked here: an odd 200 body is an upstream error
                 options={"timeout": request.timeout_s},
             )
         except openai.APITimeoutError as e:
@@ -110,22 +155,13 @@ class OpenAIProvider:
             raise ProviderError(f"{self.name}: HTTP {e.status_code}") from e
         except openai.APIConnectionError as e:
             raise ProviderError(f"{self.name}: connection failed") from e
-        if not response.choices:
-            raise ProviderError(f"{self.name}: the answer had no choices")
-        choice = response.choices[0]
-        usage = Usage()
-        if response.usage is not None:
-            usage = Usage(
-                prompt_tokens=response.usage.prompt_tokens,
-                completion_tokens=response.usage.completion_tokens,
-            )
-        text = choice.message.content or ""
-        return ChatResult(
-            text=text if strict is None else mapped_back(text, strict),
-            finish_reason=choice.finish_reason or "stop",
-            refusal=getattr(choice.message, "refusal", None),
-            usage=usage,
-        )
+        try:
+            result = completion(text)
+        except ValueError as e:
+            raise ProviderError(f"{self.name}: malformed answer: {e}") from e
+        if strict is None:
+            return result
+        return dataclasses.replace(result, text=mapped_back(result.text, strict))
 
     def schema_warnings(self, schema: JsonSchema) -> list[str]:
         return self.strict_warnings(schema, model="")

@@ -43,3 +43,34 @@ def attempt(model: str, outcome: str, errors: list[dict[str, str]] | None = None
         "latency_ms": ANY,
         "usage": tokens,
     }
+
+
+def answered(
+    body: dict[str, Any], task: str, model: str, output: Any, *attempts: dict[str, Any]
+) -> None:
+    """The whole 200 body: ``model`` gave ``output`` after ``attempts``."""
+    assert body == {
+        "output": output,
+        "task": task,
+        "version": 1,
+        "model": model,
+        "cached": False,
+        "attempts": list(attempts),
+        "usage": body["usage"],
+        "request_id": body["request_id"],
+    }
+
+
+def all_failed(response: Any, task: str, *attempts: dict[str, Any]) -> None:
+    """The whole 502 problem, listing ``attempts``."""
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "https://formwork.dev/problems/all-routes-failed",
+        "title": "No route produced valid output",
+        "status": 502,
+        "detail": f"no route produced output valid for task {task!r}",
+        "instance": f"/v1/tasks/{task}/run",
+        "request_id": response.headers["x-request-id"],
+        "attempts": list(attempts),
+    }

@@ -12,6 +12,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from formwork.config import Settings
+from formwork.protocol import TaskFile
+from formwork.registry import spec_digest
 from service.app import create_app
 from tests.service.helpers import OUTPUT, SCHEMA, spec
 
@@ -121,19 +123,26 @@ def test_bad_task_name_and_unknown_provider(client: TestClient) -> None:
 
 def test_shipped_files_version_only_when_changed(settings: Settings, unique_name: str) -> None:
     path = Path(settings.schemas_dir) / f"{unique_name}.json"
-    path.write_text(json.dumps({"name": unique_name, **spec("up/primary")}))
+
+    def ship(*models: str) -> None:
+        path.write_text(json.dumps({"name": unique_name, **spec(*models)}))
 
     def version() -> int:
+        """The version serving the file, once the start-up load (in the background) has
+        registered it: until then the previous version may still answer."""
+        shipped = spec_digest(TaskFile.model_validate_json(path.read_text()).spec())
         with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
-            for _ in range(100):
+            for _ in range(200):
                 response = client.get(f"/v1/tasks/{unique_name}")
-                if response.status_code == 200:
+                if response.status_code == 200 and response.json()["digest"] == shipped:
                     return int(response.json()["version"])
+                time.sleep(0.02)
             raise AssertionError(response.text)
 
+    ship("up/primary")
     assert version() == 1
     assert version() == 1
-    path.write_text(json.dumps({"name": unique_name, **spec("up/backup")}))
+    ship("up/backup")
     assert version() == 2
 
 
