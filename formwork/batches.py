@@ -82,6 +82,8 @@ class BatchJobs:
     async def page(self, batch_id: str, *, offset: int, limit: int) -> BatchPage:
         job = await self.get(batch_id)
         indices = [str(i) for i in range(offset, min(offset + limit, job.total))]
+        if not indices:  # past the end
+            return BatchPage(batch=job, items=[])
         found = await self._call(lambda r: r.hmget(keys.batch_results(batch_id), indices))
         items = [BatchItem.model_validate_json(blob) for blob in found if blob]
         return BatchPage(batch=job, items=items)

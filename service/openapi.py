@@ -34,9 +34,37 @@ DESCRIPTIONS = {
 Responses = dict[int | str, dict[str, Any]]
 
 
+OPENAI_ERRORS = "x-openai-errors"  # an operation that answers errors in OpenAI's envelope
+OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+                "formwork": {"$ref": "#/components/schemas/Problem"},
+            },
+        }
+    },
+}
+
+
 def problem(code: int) -> dict[str, Any]:
     schema = {"$ref": "#/components/schemas/Problem"}
     return {"description": DESCRIPTIONS[code], "content": {PROBLEM_MEDIA: {"schema": schema}}}
+
+
+def openai_error(code: int) -> dict[str, Any]:
+    """An error in OpenAI's envelope (``application/json``), Formwork's problem inside."""
+    return {
+        "description": DESCRIPTIONS[code],
+        "content": {"application/json": {"schema": OPENAI_ERROR}},
+    }
 
 
 def problems(*codes: int, also: Responses | None = None) -> Responses:
@@ -71,12 +99,17 @@ def document(app: FastAPI, *, keys: bool) -> dict[str, Any]:
 
 def _complete(operation: dict[str, Any], *, keys: bool) -> None:
     responses = operation["responses"]
-    responses["403"] = problem(403)
+    error = openai_error if operation.pop(OPENAI_ERRORS, False) else problem
+    responses["403"] = error(403)
     if "422" in responses:
-        responses["422"] = problem(422)
+        if error is openai_error:  # OpenAI clients expect 400 for an invalid request
+            del responses["422"]
+            responses["400"] = error(400)
+        else:
+            responses["422"] = error(422)
     if "security" in operation:
         if keys:
-            responses["401"] = problem(401)
+            responses["401"] = error(401)
         else:
             del operation["security"]
 

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from formwork import compat, logs
-from formwork.errors import PROBLEM_BASE, FormworkError, InvalidInput
+from formwork.errors import FormworkError, InvalidInput
 from formwork.validation import json_path
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,13 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    body: dict[str, JsonValue] = {
-        "type": PROBLEM_BASE + str(exc.status_code),
-        "title": str(exc.detail),
-        "status": exc.status_code,
-        "detail": str(exc.detail),
-        "instance": request.url.path,
-        "request_id": logs.request_id.get(),
-    }
-    headers = dict(exc.headers or {})
+    error = FormworkError(str(exc.detail))
+    error.status, error.slug, error.title = exc.status_code, str(exc.status_code), str(exc.detail)
+    response = problem_response(error, request)
+    response.headers.update(exc.headers or {})
     if exc.status_code == 405:
-        headers["Allow"] = allowed(request)
-    return JSONResponse(body, status_code=exc.status_code, headers=headers, media_type=MEDIA_TYPE)
+        response.headers["Allow"] = allowed(request)
+    return response
 
 
 def allowed(request: Request) -> str:

@@ -14,6 +14,7 @@ from formwork.errors import InvalidInput
 from formwork.protocol import BatchJob, BatchPage, BatchRequest, BatchResult
 
 from ..deps import BatchesDep, CanRun, RunnerDep, SettingsDep, TaskName
+from ..openapi import problems
 
 router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[CanRun])
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines")
@@ -54,7 +55,7 @@ def too_many(count: int, limit: int, hint: str) -> InvalidInput:
     )
 
 
-@router.post("/tasks/{task}/batch")
+@router.post("/tasks/{task}/batch", responses=problems(404, 413, 503))
 async def run_batch_now(
     task: TaskName, body: BatchRequest, runner: RunnerDep, settings: SettingsDep
 ) -> BatchResult:
@@ -97,7 +98,12 @@ async def read_batch(request: Request) -> BatchRequest:
         ) from e
 
 
-@router.post("/tasks/{task}/batches", status_code=202, openapi_extra=BATCH_BODY)
+@router.post(
+    "/tasks/{task}/batches",
+    status_code=202,
+    openapi_extra=BATCH_BODY,
+    responses=problems(404, 413, 422, 503),
+)
 async def start_batch(
     task: TaskName, request: Request, batches: BatchesDep, settings: SettingsDep
 ) -> BatchJob:
@@ -108,12 +114,12 @@ async def start_batch(
     return await batches.start(task, body.inputs, body.options)
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", responses=problems(404, 503))
 async def get_batch(batch_id: Annotated[str, Path(max_length=64)], batches: BatchesDep) -> BatchJob:
     return await batches.get(batch_id)
 
 
-@router.get("/batches/{batch_id}/results")
+@router.get("/batches/{batch_id}/results", responses=problems(404, 503))
 async def batch_results(
     batch_id: Annotated[str, Path(max_length=64)],
     batches: BatchesDep,

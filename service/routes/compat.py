@@ -14,17 +14,23 @@ from formwork import compat, logs
 from formwork.errors import TaskNotFound
 
 from ..deps import CanRun, RegistryDep, RunnerDep
+from ..openapi import OPENAI_ERRORS, openai_error
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[CanRun])
+ENVELOPE = {OPENAI_ERRORS: True}
 
 
-@router.get("/models")
+@router.get("/models", responses={503: openai_error(503)}, openapi_extra=ENVELOPE)
 async def list_models(registry: RegistryDep) -> dict[str, JsonValue]:
     """Every task, as a model."""
     return compat.models(await registry.summaries())
 
 
-@router.get("/models/{model}")
+@router.get(
+    "/models/{model}",
+    responses={404: openai_error(404), 503: openai_error(503)},
+    openapi_extra=ENVELOPE,
+)
 async def get_model(model: str, registry: RegistryDep) -> dict[str, JsonValue]:
     name, _ = compat.task_ref(model)
     for summary in await registry.summaries():
@@ -33,7 +39,11 @@ async def get_model(model: str, registry: RegistryDep) -> dict[str, JsonValue]:
     raise TaskNotFound(f"no task named {name!r}")
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    responses={code: openai_error(code) for code in (400, 404, 413, 429, 502, 503, 504)},
+    openapi_extra=ENVELOPE,
+)
 async def chat_completions(body: compat.ChatRequest, runner: RunnerDep) -> Response:
     """Run the task named by ``model`` on the last user message; the validated output is the
     assistant's content. With ``stream`` the answer is sent once it is validated."""
