@@ -85,6 +85,9 @@ def completion(text: str) -> ChatResult:
     )
 
 
+MAPPED_MAX_CHARS = 262_144  # the default answer limit (Limits.answer_chars)
+
+
 def fine_tuned(model: str) -> bool:
     """OpenAI names fine-tuned models ``ft:base:org:suffix:id``; their strict mode is narrower."""
     return model.startswith("ft:")
@@ -92,12 +95,19 @@ def fine_tuned(model: str) -> bool:
 
 def mapped_back(text: str, strict: StrictSchema) -> str:
     """The strict answer as the original schema expects it (text that is not JSON unchanged:
-    the router's extraction and repair take it from there)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
+    the router's extraction and repair take it from there; so is text longer than any answer
+    limit, which re-dumping would shrink past the runner's size check)."""
+    if len(text) > MAPPED_MAX_CHARS:
         return text
-    return json.dumps(restore(value, strict), ensure_ascii=False)
+    try:
+        mapped = json.dumps(restore(json.loads(text), strict), ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, or nested past what Python walks
+        return text
+    try:
+        mapped.encode()
+    except UnicodeEncodeError:  # a lone surrogate the answer escaped: keep it escaped
+        return json.dumps(restore(json.loads(text), strict))
+    return mapped
 
 
 class OpenAIProvider:

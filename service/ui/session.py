@@ -19,7 +19,7 @@ from formwork.auth import Keys
 from formwork.config import Scope, UiSettings
 
 COOKIE = "fw_session"
-COOKIE_PATH = "/ui"
+COOKIE_PATH = "/"  # the dashboard and its /docs, /redoc; the API reads keys, never cookies
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
 ANONYMOUS = "local"

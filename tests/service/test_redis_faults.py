@@ -206,14 +206,17 @@ def test_tasks_never_used_since_are_re_published_after_an_empty_restart(
                 break
             time.sleep(0.05)
         assert admin.hget(f"fw:task:{unique_name}", "current") == b"1"
-        assert client.get("/v1/tasks").json() == [
+        listed = client.get("/v1/tasks").json()
+        assert listed == [
             {
                 "task": unique_name,
                 "version": 1,
                 "description": "Is the message spam?",
                 "models": ["up/primary"],
+                "created_at": listed[0]["created_at"],
             }
         ]
+        assert listed[0]["created_at"] > 0
 
 
 def test_a_frozen_redis_costs_a_timeout_not_an_answer(
