@@ -234,6 +234,7 @@ class Runner:
         errors); the valid output, or None to fall back. Every attempt lands in ``run``."""
         validator = self.validators.get(run.task.output_schema)
         messages = self._messages(run.task, route, value)
+        static = len(messages) - 1  # everything before the input
         try:
             provider, model_id = self.providers.resolve(route.model)
         except ProviderError as e:
@@ -251,6 +252,7 @@ class Runner:
                 max_tokens=route.max_tokens,
                 # a route timeout shorter than what is left ends the call; else the deadline does
                 timeout_s=max(min(route.timeout_s, run.remaining() + DEADLINE_MARGIN_S), 0.001),
+                static_messages=static,
             )
             t0 = time.perf_counter()
             try:

@@ -57,6 +57,8 @@ def strict_compatible(schema: JsonSchema) -> bool:
 
 
 class OpenAIProvider:
+    loading = False  # nothing to load: ready as soon as it is built
+
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         self.name = name
         self._settings = settings

@@ -19,12 +19,18 @@ async def healthz() -> dict[str, str]:
 async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -> dict[str, object]:
     redis_up = await store.ping()
     ready = await providers.ready()
-    if not any(ready.values()):
+    loading = providers.loading()
+    if loading:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        state = "loading"
+    elif not any(ready.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         state = "unavailable"
     else:
         state = "ready" if redis_up else "degraded"
     body: dict[str, object] = {"status": state, "redis": redis_up, "providers": ready}
+    if loading:
+        body["loading"] = loading
     if providers.unavailable:
         body["unavailable"] = providers.unavailable
     return body
