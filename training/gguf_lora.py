@@ -5,6 +5,7 @@ The same result as llama.cpp's ``convert_lora_to_gguf.py`` for this architecture
 shapes, ``adapter.lora.alpha``; the rows of ``lora_b`` for ``q_proj``/``k_proj`` permuted as the
 base model's converter permuted those weights for its RoPE layout), without that script's
 dependency on a llama.cpp checkout: it needs only ``safetensors``, ``numpy`` and ``gguf``.
+Tensors are written as F16 (half the size of F32; an r=8 adapter on every projection is 5 MB).
 
     python -m training.gguf_lora ADAPTER_DIR   # writes ADAPTER_DIR/adapter.gguf
 """
@@ -85,7 +86,7 @@ def convert(adapter_dir: Path, *, base: Path | None = None) -> Path:
         if side == "B" and module in ("q_proj", "k_proj"):
             data = permute(data, heads if module == "q_proj" else kv_heads)
         gguf_name = f"blk.{layer}.{MODULES[module]}.weight.lora_{side.lower()}"
-        writer.add_tensor(gguf_name, np.ascontiguousarray(data))
+        writer.add_tensor(gguf_name, np.ascontiguousarray(data.astype(np.float16)))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

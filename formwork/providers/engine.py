@@ -29,7 +29,9 @@ from .prefixes import PrefixCache
 
 log = logging.getLogger(__name__)
 
-Q8_0 = 7  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q8_0
+# llama.cpp's LLAMA_FTYPE_*: what the weights are re-quantized to
+F32, Q8_0 = 0, 7
+FTYPE_NAMES = {F32: "F32", Q8_0: "Q8_0"}
 PIECE_BYTES = 256
 Logits = npt.NDArray[np.float32]
 
@@ -59,18 +61,19 @@ class Generation:
     forced: int  # completion tokens the grammar forced (decoded in the same batch)
 
 
-def quantized(source: Path, cache_dir: Path, *, threads: int) -> Path:
-    """``source`` re-quantized to Q8_0, made once and kept in ``cache_dir``."""
+def quantized(source: Path, cache_dir: Path, *, threads: int, ftype: int = Q8_0) -> Path:
+    """``source`` re-quantized to ``ftype`` (Q8_0), made once and kept in ``cache_dir``."""
     import llama_cpp
 
     stat = source.stat()
-    target = cache_dir / f"{source.stem}.{stat.st_size}-{int(stat.st_mtime)}.Q8_0.gguf"
+    name = FTYPE_NAMES[ftype]
+    target = cache_dir / f"{source.stem}.{stat.st_size}-{int(stat.st_mtime)}.{name}.gguf"
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.part")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = Q8_0
+    params.ftype = ftype
     params.allow_requantize = True
     params.nthread = threads
     started = time.perf_counter()
@@ -79,7 +82,7 @@ def quantized(source: Path, cache_dir: Path, *, threads: int) -> Path:
     )
     if code != 0:
         partial.unlink(missing_ok=True)
-        raise EngineError(f"re-quantizing {source.name} to Q8_0 failed ({code})")
+        raise EngineError(f"re-quantizing {source.name} to {name} failed ({code})")
     partial.replace(target)
     log.info(
         "re-quantized %s to Q8_0 in %.1fs: %s", source.name, time.perf_counter() - started, target
@@ -113,12 +116,14 @@ class Engine:
         cache_dir: Path,
         adapters_dir: Path,
         threads: int,
-        context: int = 4096,
+        context: int = 2048,
         batch: int = 512,
         prefix_bytes: int = 64 << 20,
         adapters: int = 4,
+        ftype: int = Q8_0,
     ) -> None:
         self._source = model_path
+        self._ftype = ftype
         self._cache_dir = cache_dir
         self._threads = threads or max(1, os.cpu_count() or 1)
         self._n_ctx = context
@@ -145,7 +150,7 @@ class Engine:
 
         _quiet_logs()
         llama_cpp.llama_backend_init()
-        path = quantized(self._source, self._cache_dir, threads=self._threads)
+        path = quantized(self._source, self._cache_dir, threads=self._threads, ftype=self._ftype)
         params = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
@@ -251,18 +256,18 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Generation:
         """Decode after ``prompt``, whose first ``static`` tokens are a cacheable prefix."""
-        if len(prompt) + sampling.max_tokens > self._n_ctx:
+        if len(prompt) >= self._n_ctx:
             raise EngineError(
-                f"{len(prompt)} prompt tokens + {sampling.max_tokens} to generate exceed the "
-                f"context of {self._n_ctx}"
+                f"the prompt's {len(prompt)} tokens fill the context of {self._n_ctx} tokens"
             )
+        limit = min(sampling.max_tokens, self._n_ctx - len(prompt))  # the answer is cut there
         self._use_adapter(adapter)
         hit = self._prefill(prompt, static, adapter)
         rng = np.random.default_rng(sampling.seed)
         out: list[int] = []
         forced = 0
         stopped = False
-        while len(out) < sampling.max_tokens:
+        while len(out) < limit:
             if should_stop():
                 raise Stopped
             token = self._pick(self._logits(), out, sampling, matcher, rng)
@@ -272,7 +277,7 @@ class Engine:
             step = [token]
             if matcher is not None:
                 matcher.consume_token(token)
-                room = sampling.max_tokens - len(out) - 1
+                room = limit - len(out) - 1
                 ff = list(matcher.compute_ff_tokens())[:room] if room > 0 else []
                 if ff:
                     matcher.consume_tokens(ff)
@@ -282,9 +287,15 @@ class Engine:
             if matcher is not None and matcher.is_stopped():
                 stopped = True
                 break
-            if len(out) < sampling.max_tokens:
+            if len(out) < limit:
                 self._decode(step, len(prompt) + len(out) - len(step))
         return Generation(out, stopped, len(prompt), hit, forced)
+
+    def next_logits(self, prompt: list[int], *, adapter: str | None = None) -> Logits:
+        """The raw logits after ``prompt`` (nothing cached, nothing sampled)."""
+        self._use_adapter(adapter)
+        self._prefill(prompt, 0, adapter)
+        return self._logits()
 
     def _pick(
         self,
