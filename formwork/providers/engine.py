@@ -4,8 +4,7 @@ cache of prefilled prompt prefixes.
 
 Not thread-safe: one thread (the provider's worker) owns an ``Engine`` from ``load`` on.
 
-The shipped GGUF (Q4_1) is re-quantized once to Q8_0 under ``cache_dir``: on AVX2 CPUs llama.cpp's
-Q8_0 kernels decode faster than Q4_1's and the file is still small (bench/local_model.md).
+The weights are a Q8_0 copy of the shipped GGUF (``weights.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,12 +24,10 @@ import numpy.typing as npt
 from .adapters import LoraAdapters
 from .base import Message
 from .prefixes import PrefixCache
+from .weights import Q8_0, quantized
 
 log = logging.getLogger(__name__)
 
-# llama.cpp's LLAMA_FTYPE_*: what the weights are re-quantized to
-F32, Q8_0 = 0, 7
-FTYPE_NAMES = {F32: "F32", Q8_0: "Q8_0"}
 PIECE_BYTES = 256
 Logits = npt.NDArray[np.float32]
 
@@ -59,35 +55,6 @@ class Generation:
     prompt_tokens: int
     prefix_hit: int  # prompt tokens whose prefill came from the prefix cache
     forced: int  # completion tokens the grammar forced (decoded in the same batch)
-
-
-def quantized(source: Path, cache_dir: Path, *, threads: int, ftype: int = Q8_0) -> Path:
-    """``source`` re-quantized to ``ftype`` (Q8_0), made once and kept in ``cache_dir``."""
-    import llama_cpp
-
-    stat = source.stat()
-    name = FTYPE_NAMES[ftype]
-    target = cache_dir / f"{source.stem}.{stat.st_size}-{int(stat.st_mtime)}.{name}.gguf"
-    if target.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.part")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.allow_requantize = True
-    params.nthread = threads
-    started = time.perf_counter()
-    code = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(partial).encode(), ctypes.byref(params)
-    )
-    if code != 0:
-        partial.unlink(missing_ok=True)
-        raise EngineError(f"re-quantizing {source.name} to {name} failed ({code})")
-    partial.replace(target)
-    log.info(
-        "re-quantized %s to Q8_0 in %.1fs: %s", source.name, time.perf_counter() - started, target
-    )
-    return target
 
 
 def _quiet_logs() -> None:

@@ -40,6 +40,7 @@ from .adapters import ADAPTER_FILE, AdapterError
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
 from .engine import Engine, EngineError, Sampling, Stopped
 from .grammar import SchemaGrammars, unenforced
+from .weights import QuantizeError
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ class LocalProvider:
         """Worker thread: load the model; on failure every waiting request gets the reason."""
         settings = self._settings
         started = time.perf_counter()
+        log.info("loading the embedded model %s (llama.cpp) in the background", MODEL_ID)
         try:
             engine = Engine(
                 gguf_path(),
@@ -311,7 +313,7 @@ class LocalProvider:
             engine.load()
             self._grammars.bind_tokenizer(engine.tokenizer, vocab_size=engine.n_vocab)
             engine.generate(engine.tokenize("Hi"), static=0, adapter=None, sampling=Sampling(1))
-        except (ProviderError, EngineError, OSError, ImportError) as e:
+        except (ProviderError, EngineError, QuantizeError, OSError, ImportError) as e:
             self._load_error = f"the embedded model failed to load: {e}"
             log.error("%s", self._load_error)
             self._loaded.set()

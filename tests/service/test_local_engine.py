@@ -159,8 +159,8 @@ def _short(*, timeout_s: float) -> ChatRequest:
 
 
 def test_quantized_copy_is_made_once(tmp_path: Path) -> None:
-    from formwork.providers.engine import quantized
     from formwork.providers.local import gguf_path
+    from formwork.providers.weights import quantized
 
     first = quantized(gguf_path(), tmp_path, threads=1)
     stamp = first.stat().st_mtime_ns

@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("peft")
 
-from formwork.providers.engine import F32, Engine
+from formwork.providers.engine import Engine
 from formwork.providers.local import gguf_path
+from formwork.providers.weights import F32
 from training import gguf_lora
 from training.lora import TARGET_MODULES
 
