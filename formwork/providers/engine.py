@@ -350,18 +350,23 @@ class Engine:
 
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), 0, position, -1)
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self) -> bytearray:
+        """The KV cache of sequence 0, in one buffer (no intermediate copies)."""
         import llama_cpp
 
         size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, 0)
-        return bytes(buffer)[:written]
+        state = bytearray(size)
+        written = llama_cpp.llama_state_seq_get_data(
+            self._ctx, (ctypes.c_uint8 * size).from_buffer(state), size, 0
+        )
+        if written != size:
+            del state[written:]
+        return state
 
-    def _restore(self, state: bytes) -> None:
+    def _restore(self, state: bytearray) -> None:
         import llama_cpp
 
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)
         if llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), 0) == 0:
             raise EngineError("restoring a cached prefix failed")
 

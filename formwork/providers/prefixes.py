@@ -16,7 +16,7 @@ Key = tuple[tuple[int, ...], str | None]
 class PrefixCache:
     def __init__(self, *, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._states: OrderedDict[Key, bytes] = OrderedDict()
+        self._states: OrderedDict[Key, bytearray] = OrderedDict()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -24,7 +24,7 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._states)
 
-    def get(self, tokens: tuple[int, ...], adapter: str | None) -> bytes | None:
+    def get(self, tokens: tuple[int, ...], adapter: str | None) -> bytearray | None:
         state = self._states.get((tokens, adapter))
         if state is None:
             self.misses += 1
@@ -33,7 +33,7 @@ class PrefixCache:
         self.hits += 1
         return state
 
-    def put(self, tokens: tuple[int, ...], adapter: str | None, state: bytes) -> None:
+    def put(self, tokens: tuple[int, ...], adapter: str | None, state: bytearray) -> None:
         if len(state) > self.max_bytes:
             return
         key = (tokens, adapter)
