@@ -276,6 +276,8 @@ def report(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -
         f"`schemas/`, {min(new['prompt_tokens'])}-{max(new['prompt_tokens'])} tokens), greedy, "
         f"max {args.max_tokens} tokens, completion repetition penalty "
         f"{args.repetition_penalty:g}; each engine in its own fresh process",
+        "- llama.cpp's start excludes making the Q8_0 copy of the weights (once per machine, "
+        "kept in `var/models`; 1.8 s here)",
         "",
         "## Engines, same run, same prompts",
         "",
