@@ -41,7 +41,7 @@ ensure_engine_wheel() {
   ensure_build_tools
   mkdir -p "$WHEELS"
   local log="$WHEELS/build.log" started=$SECONDS
-  echo "setup: building $ENGINE (llama.cpp, once; about 5 minutes on 2 cores; log: $log)" >&2
+  echo "setup: building $ENGINE (llama.cpp, once: 5-20 minutes on 2 cores; log: $log)" >&2
   CMAKE_ARGS="$(engine_cmake_args)" nice -n 10 "$VENV/bin/pip" wheel --no-deps --no-cache-dir \
     -w "$WHEELS" "$ENGINE" >"$log" 2>&1 &
   local pid=$!
