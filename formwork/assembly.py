@@ -48,7 +48,8 @@ class Core:
 
 
 async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
-    """The embedded model, loaded; or None and why it is unavailable (None when disabled)."""
+    """The embedded model, loading in the background (runs wait for it within their deadline);
+    or None and why it is unavailable (None when disabled)."""
     if not settings.local.enabled:
         return None, None
     from .providers import local
@@ -56,12 +57,8 @@ async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
     reason = local.unavailable()
     if reason is None:
         provider = local.LocalProvider(settings.local)
-        try:
-            await asyncio.to_thread(provider.load)
-        except ImportError as e:  # an installed package whose own dependency is missing
-            reason = f"not installed: {e} (install the 'local' extra)"
-        else:
-            return provider, None
+        provider.start()
+        return provider, None
     log.warning("embedded model unavailable: %s", reason)
     return None, reason
 

@@ -56,6 +56,16 @@ class LocalModelSettings(BaseModel):
     queue_size: int = Field(16, ge=1, description="Requests waiting for the model before 503.")
     adapters_dir: Path = Field(Path("var/adapters"), description="Where LoRA adapters live.")
     max_tokens: int = Field(4096, ge=16, description="Cap on the tokens one generation makes.")
+    cache_dir: Path = Field(
+        Path("var/models"), description="Where the Q8_0 copy of the weights is made and kept."
+    )
+    context: int = Field(
+        2048, ge=512, description="Context window in tokens: prompt + answer (the KV cache)."
+    )
+    prefix_cache_mb: int = Field(
+        64, ge=0, description="Memory for prefilled static prompt prefixes (0 disables)."
+    )
+    adapters_loaded: int = Field(4, ge=1, description="LoRA adapters kept loaded (LRU).")
 
 
 class Limits(BaseModel):

@@ -291,6 +291,7 @@ class Runner:
         engine_schema = validator.translation.schema if route.constrained else None
         max_tokens = route.max_tokens or budget.default_max_tokens(validator.translation.schema)
         messages = self._messages(run.task, route, value)
+        static = len(messages) - 1  # everything before the input
         try:
             provider, model_id = self.providers.resolve(route.model)
         except ProviderError as e:
@@ -308,6 +309,7 @@ class Runner:
                 max_tokens=max_tokens,
                 # a route timeout shorter than what is left ends the call; else the deadline does
                 timeout_s=max(min(route.timeout_s, run.remaining() + DEADLINE_MARGIN_S), 0.001),
+                static_messages=static,
             )
             t0 = time.perf_counter()
             try:

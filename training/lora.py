@@ -26,6 +26,7 @@ from formwork.providers.base import ProviderError
 from formwork.providers.local import gguf_path
 
 from .adapters import HF_BASE_MODEL, Knobs, RunConfig
+from .gguf_lora import convert
 from .jobs import FineTuneError
 
 log = logging.getLogger(__name__)
@@ -310,13 +311,15 @@ def train(
 
 
 def save_final(model: Any, run_dir: Path) -> Path:
-    """The trained adapter in ``run_dir/final``, its config naming the HF base model."""
+    """The trained adapter in ``run_dir/final``: PEFT files (their config naming the HF base
+    model) and ``adapter.gguf``, the same adapter in the format the local provider serves."""
     final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final, save_embedding_layers=False)
     adapter_config = final / "adapter_config.json"  # name the HF base, for vLLM and PEFT users
     meta = json.loads(adapter_config.read_text())
     adapter_config.write_text(json.dumps({**meta, "base_model_name_or_path": HF_BASE_MODEL}))
+    convert(final)
     return final
 
 

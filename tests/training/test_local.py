@@ -150,6 +150,7 @@ async def test_a_tiny_finetune_is_served_by_the_local_provider(
     adapter = root / "adapters" / name
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 2
     assert (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / "adapter.gguf").read_bytes()[:4] == b"GGUF"  # what the local provider serves
     assert f"--lora-modules {name}={adapter.resolve()}" in (adapter / "vllm.txt").read_text()
     await tuner.aclose()
 
