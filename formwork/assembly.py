@@ -67,22 +67,31 @@ async def keep_registered(registry: Registry, files: list[TaskFile], check_s: fl
     """Apply shipped task files, retrying until Redis answers (serving them from memory
     meanwhile); then, every ``check_s``, re-publish what Redis lost if it comes back empty."""
     registry.ship(files)
+    said = False  # the log says a state once, and again when it changes
     while True:
         try:
             await registry.republish()
             break
         except Unavailable:
             registry.seed(files)
-            log.warning("redis unreachable: shipped tasks served from memory until it returns")
+            if not said:
+                log.warning("redis unreachable: shipped tasks served from memory until it returns")
+                said = True
             await asyncio.sleep(check_s)
+    said = False
     while True:
         await asyncio.sleep(check_s)
         try:
             if await registry.lost():
                 restored = await registry.republish()
                 log.warning("redis had lost its data: %d tasks re-published", restored)
+            said = False
         except Unavailable:
-            log.warning("redis lost its tasks; re-publishing them when it takes writes again")
+            if not said:
+                log.warning(
+                    "redis unreachable: tasks served from this replica's copies until it returns"
+                )
+                said = True
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

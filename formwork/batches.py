@@ -25,6 +25,7 @@ from . import keys
 from .batch import run_batch
 from .errors import FormworkError, Unavailable
 from .protocol import BatchItem, BatchJob, BatchPage, RunOptions
+from .registry import REDIS_DOWN
 from .runner import Runner
 from .store import Store, StoreDown
 
@@ -204,7 +205,7 @@ class BatchJobs:
         try:
             return await self._store.call(op)
         except StoreDown as e:
-            raise Unavailable("batch records are unavailable: Redis does not answer") from e
+            raise Unavailable(REDIS_DOWN) from e
 
 
 def _fields(job: BatchJob) -> dict[str, str]:

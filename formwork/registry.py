@@ -32,6 +32,10 @@ from .store import Store, StoreDown
 from .validation import Validators, check_task
 
 log = logging.getLogger(__name__)
+REDIS_DOWN = (
+    "Redis does not answer (tasks are kept there): check that redis-server runs and that "
+    "FORMWORK_REDIS_URL points at it, then try again"
+)
 
 # KEYS: task hash, tasks set, new version key. ARGV: digest, version blob, name.
 # Returns {version, state}: state 0 unchanged, 1 new version, 2 new task.
@@ -153,7 +157,7 @@ class Registry:
                 )
             )
         except StoreDown as e:
-            raise Unavailable("the registry is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         self._current.pop(name, None)
         version, state, *rest = (int(x) for x in reply)
         return version, state, rest[0] if rest else version
@@ -180,7 +184,7 @@ class Registry:
         except StoreDown as e:
             if fallback := local or self._known.get(name) or self._seeded.get(name):
                 return fallback
-            raise Unavailable("the registry is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         if version is None:
             self._current.pop(name, None)
             if gen is None and (revived := await self._revive(name)) is not None:
@@ -205,7 +209,7 @@ class Registry:
         try:
             blob = await self._store.call(lambda r: r.get(keys.task_version(name, version)))
         except StoreDown as e:
-            raise Unavailable("the registry is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         if blob is None:
             raise TaskNotFound(f"task {name!r} has no version {version}")
         data = json.loads(blob)
@@ -224,8 +228,8 @@ class Registry:
     async def summaries(self) -> list[TaskSummary]:
         try:
             names = sorted(map(str, await self._store.call(lambda r: r.smembers(keys.TASKS))))
-        except StoreDown:
-            names = sorted(self._current)
+        except StoreDown:  # what this replica has: the tasks it served, knows and ships
+            names = sorted({*self._current, *self._known, *self._seeded})
         summaries = []
         for name in names:
             try:
@@ -256,7 +260,7 @@ class Registry:
         try:
             await self._store.call(drop)
         except StoreDown as e:
-            raise Unavailable("the registry is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         self._current.pop(name, None)
         self._known.pop(name, None)
 
@@ -266,7 +270,7 @@ class Registry:
         try:
             gen = await self._store.call(lambda r: r.hincrby(keys.task(name), "cache_gen", 1))
         except StoreDown as e:
-            raise Unavailable("the cache is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         self._current.pop(name, None)
         return int(gen)
 
@@ -332,7 +336,7 @@ class Registry:
         try:
             await self._store.call(lambda r: r.set(keys.EPOCH, str(time.time())))
         except StoreDown as e:
-            raise Unavailable("the registry is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         return restored
 
     async def _revive(self, name: str) -> Current | None:
@@ -361,7 +365,7 @@ class Registry:
                 )
             )
         except StoreDown as e:
-            raise Unavailable("the registry is unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
         return bool(done)
 
 

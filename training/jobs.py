@@ -37,6 +37,7 @@ from formwork.protocol import (
     JobEvent,
     JobStatus,
 )
+from formwork.registry import REDIS_DOWN
 from formwork.store import Store, StoreDown
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ class JobManager:
         try:
             return await self._store.call(op)
         except StoreDown as e:
-            raise Unavailable("fine-tune records are unavailable; try again shortly") from e
+            raise Unavailable(REDIS_DOWN) from e
 
 
 def _translated(provider: str, error: FineTuneError) -> FormworkError:

@@ -15,6 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from formwork.config import Settings
+from formwork.registry import REDIS_DOWN
 from service.app import create_app
 from tests.redis_server import RedisServer, free_port
 from tests.service.helpers import GOOD, OUTPUT, attempt, spec
@@ -51,7 +52,7 @@ def unavailable(task: str) -> dict[str, object]:
         "type": "https://formwork.dev/problems/unavailable",
         "title": "Service unavailable",
         "status": 503,
-        "detail": "the registry is unavailable; try again shortly",
+        "detail": REDIS_DOWN,
         "instance": f"/v1/tasks/{task}",
         "request_id": ANY,
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from formwork.config import Settings
+from formwork.registry import REDIS_DOWN
 from service.app import create_app
 from tests.redis_server import RedisServer
 from tests.service.helpers import GOOD, spec
@@ -40,7 +41,7 @@ def test_the_dashboard_answers_while_redis_is_down(
                 "type": "https://formwork.dev/problems/unavailable",
                 "title": "Service unavailable",
                 "status": 503,
-                "detail": "fine-tune records are unavailable; try again shortly",
+                "detail": REDIS_DOWN,
                 "instance": f"/ui/tasks/{task}/finetunes",
                 "request_id": jobs.headers["x-request-id"],
             }
