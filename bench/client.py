@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.service_bench import (  # noqa: E402
+    TASK_SPEC,
     Processes,
     free_port,
     http_ok,
@@ -39,17 +40,7 @@ from formwork.client import Client  # noqa: E402
 from tests.upstream import Reply, Upstream  # noqa: E402
 
 TASK = "bench-batch"
-SPEC = {
-    "description": "Benchmark task: label a short text.",
-    "output_schema": {
-        "type": "object",
-        "properties": {"label": {"type": "string"}},
-        "required": ["label"],
-        "additionalProperties": False,
-    },
-    "routes": [{"model": "up/bench-model", "max_attempts": 1}],
-    "cache": {"ttl_s": 3600},
-}
+SPEC = TASK_SPEC  # the service bench's task: one route, cached for an hour
 
 
 def timed(work: Callable[[], object]) -> float:
