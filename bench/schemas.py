@@ -114,7 +114,7 @@ async def measure(args: argparse.Namespace, rows_path: Path, done: set[str]) -> 
                 )
                 with rows_path.open("a") as out:
                     for i, row in interleaved(rows)[: args.limit]:
-                        if row["source"] in done:
+                        if row["source"] in done or (args.only and row["source"] not in args.only):
                             continue
                         route = Route(model=args.route, timeout_s=args.timeout_s)
                         result = await one(runner, i, row, route, model=not args.no_model)
@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--route", default="local/smollm2-135m")
     parser.add_argument("--no-model", action="store_true")
+    parser.add_argument("--only", nargs="*", default=[], help="these sources only")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the route's timeout_s")
     parser.add_argument("--deadline-s", type=float, default=60.0, help="request_deadline_s")
     parser.add_argument("--report-only", action="store_true", help="render --rows, run nothing")

@@ -21,15 +21,15 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "schemabench" / "sampl
 def test_min_properties_and_dependent_required_become_required() -> None:
     schema: JsonSchema = {
         "type": "object",
-        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "string"}},
+        "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}, "c": {"type": "string"}},
         "minProperties": 2,
         "dependentRequired": {"c": ["b"]},
     }
     assert prepare(schema) == {
         "type": "object",
         "properties": {
-            "a": {"type": "integer"},
-            "b": {"type": "integer"},
+            "a": {"type": "boolean"},
+            "b": {"type": "boolean"},
             "c": {"type": "string", "maxLength": 200},
         },
         "required": ["b", "a"],
@@ -42,12 +42,12 @@ def test_min_properties_and_dependent_required_become_required() -> None:
 def test_max_properties_on_a_closed_object_keeps_that_many() -> None:
     schema: JsonSchema = {
         "type": "object",
-        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}},
         "required": ["b"],
         "maxProperties": 1,
         "additionalProperties": False,
     }
-    assert prepare(schema)["properties"] == {"b": {"type": "integer"}}
+    assert prepare(schema)["properties"] == {"b": {"type": "boolean"}}
 
 
 def test_unique_items_arrays_and_strings_are_capped() -> None:
@@ -69,6 +69,22 @@ def test_unique_items_arrays_and_strings_are_capped() -> None:
     }
 
 
+def test_numbers_get_bounded_digits() -> None:
+    assert prepare({"type": "number"}) == {
+        "type": "number",
+        "minimum": -(10**12),
+        "maximum": 10**12,
+        "multipleOf": 0.01,
+    }
+    assert prepare({"type": "integer", "minimum": 0}) == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 10**12,
+    }
+    narrow: JsonSchema = {"type": "number", "minimum": 0.001, "maximum": 0.005}
+    assert prepare(narrow) == narrow  # no multiple of 0.01 in range: decimals left free
+
+
 def test_patterns_the_engine_lacks_are_dropped_and_named() -> None:
     schema: JsonSchema = {"type": "string", "pattern": "^(?=.*[0-9])[a-z0-9]{4}$"}
     assert not pattern_supported("^(?=.*[0-9])[a-z0-9]{4}$")
@@ -82,7 +98,7 @@ def test_patterns_the_engine_lacks_are_dropped_and_named() -> None:
 
 
 def test_objects_close_only_where_nothing_else_adds_properties() -> None:
-    many = {f"p{i}": {"type": "integer"} for i in range(10)}
+    many = {f"p{i}": {"type": "boolean"} for i in range(10)}
     closed = prepare({"type": "object", "properties": many, "required": ["p9"]})
     assert list(closed["properties"]) == ["p0", "p1", "p2", "p3", "p4", "p5", "p9"]
     assert closed["additionalProperties"] is False

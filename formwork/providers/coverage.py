@@ -25,6 +25,7 @@ MAX_GENERATED_LENGTH = 200  # free strings and open-ended patterns likewise
 SHAPED_ELSEWHERE = frozenset(
     {"patternProperties", "propertyNames", "anyOf", "oneOf", "$ref", "not"}
 )
+NUMBER_BOUND = 10**12
 MAX_OPTIONAL = (6, 2)  # optional properties offered at the root, and per nested object: a
 # small model fills in every property it is offered, so nested objects multiply the answer
 TEXT_SHAPED = ("format", "enum", "const", "maxLength")  # strings with a length of their own
@@ -98,6 +99,7 @@ def _node(schema: Any, *, closable: bool, depth: int) -> Any:
         _close(out, MAX_OPTIONAL[min(depth, 1)])
     _arrays(out)
     _strings(out)
+    _numbers(out)
     return out
 
 
@@ -179,3 +181,28 @@ def _strings(node: dict[str, Any]) -> None:
     least = node.get("minLength", 0)
     if isinstance(least, int) and least <= MAX_GENERATED_LENGTH:
         node["maxLength"] = MAX_GENERATED_LENGTH
+
+
+def _numbers(node: dict[str, Any]) -> None:
+    """Bound a number's digits (a small model can extend ``1.250000…`` until max_tokens): a
+    magnitude below ``NUMBER_BOUND`` and, for a number with a range of at least 1, two decimals."""
+    kind = node.get("type")
+    if kind not in ("number", "integer") or "enum" in node or "const" in node:
+        return
+    low = _bound(node, "minimum", "exclusiveMinimum")
+    high = _bound(node, "maximum", "exclusiveMaximum")
+    if low is None and (high is None or high > -NUMBER_BOUND):
+        node["minimum"] = low = -NUMBER_BOUND
+    if high is None and low is not None and low < NUMBER_BOUND:
+        node["maximum"] = high = NUMBER_BOUND
+    wide = low is not None and high is not None and high - low >= 1
+    if kind == "number" and "multipleOf" not in node and wide:
+        node["multipleOf"] = 0.01
+
+
+def _bound(node: dict[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        value = node.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
