@@ -220,11 +220,6 @@ class Runner:
     def _chain(self, task: TaskVersion, override: str | None, *, any_route: bool) -> list[Route]:
         if override is None:
             return self.providers.chain(task.routes)
-        if not (override.isascii() and override.isprintable()):  # it becomes a metrics label
-            raise InvalidInput(
-                "options.route must be printable ASCII",
-                errors=[{"path": "$.options.route", "message": "not printable ASCII"}],
-            )
         same = [route for route in task.routes if route.model == override]
         if not same and not any_route:
             named = ", ".join(repr(route.model) for route in task.routes) or "none"
