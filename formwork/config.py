@@ -55,6 +55,10 @@ class LocalModelSettings(BaseModel):
     threads: int = Field(0, ge=0, description="CPU threads for generation; 0 = all cores.")
     queue_size: int = Field(16, ge=1, description="Requests waiting for the model before 503.")
     adapters_dir: Path = Field(Path("var/adapters"), description="Where LoRA adapters live.")
+    shipped_adapters_dir: Path = Field(
+        Path("schemas/adapters"),
+        description="The shipped tasks' adapters; a name in adapters_dir takes precedence.",
+    )
     max_tokens: int = Field(4096, ge=16, description="Cap on the tokens one generation makes.")
     cache_dir: Path = Field(
         Path("var/models"), description="Where the Q8_0 copy of the weights is made and kept."
@@ -66,6 +70,11 @@ class LocalModelSettings(BaseModel):
         64, ge=0, description="Memory for prefilled static prompt prefixes (0 disables)."
     )
     adapters_loaded: int = Field(4, ge=1, description="LoRA adapters kept loaded (LRU).")
+
+    @property
+    def adapter_roots(self) -> list[Path]:
+        """Where an adapter is looked for, in order."""
+        return [self.adapters_dir, self.shipped_adapters_dir]
 
 
 class Limits(BaseModel):

@@ -36,7 +36,7 @@ from pathlib import Path
 from .. import extras
 from ..config import LocalModelSettings
 from ..protocol import JsonSchema, Usage
-from .adapters import ADAPTER_FILE, AdapterError
+from .adapters import ADAPTER_FILE, AdapterError, find_adapter
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
 from .engine import Engine, EngineError, Sampling, Stopped
 from .grammar import SchemaGrammars, unenforced
@@ -241,9 +241,10 @@ class LocalProvider:
             return None
         if not ADAPTER_NAME.match(adapter):
             raise ProviderError(f"invalid adapter name {adapter!r}")
-        path = self._settings.adapters_dir / adapter / ADAPTER_FILE
-        if not path.is_file():
-            raise ProviderError(f"no LoRA adapter {adapter!r} (expected {path})")
+        roots = self._settings.adapter_roots
+        if find_adapter(roots, adapter) is None:
+            where = " or ".join(str(root / adapter / ADAPTER_FILE) for root in roots)
+            raise ProviderError(f"no LoRA adapter {adapter!r} (expected {where})")
         return adapter
 
     # ---- the queue ----------------------------------------------------------------------------
@@ -304,7 +305,7 @@ class LocalProvider:
             engine = Engine(
                 gguf_path(),
                 cache_dir=settings.cache_dir,
-                adapters_dir=settings.adapters_dir,
+                adapters_dirs=settings.adapter_roots,
                 threads=settings.threads,
                 context=settings.context,
                 prefix_bytes=settings.prefix_cache_mb << 20,
