@@ -141,7 +141,7 @@ class Runner:
             chain = [task.candidate.route, *chain]
         key = cache_key(task.name, task.version, current.cache_gen, [r.model for r in chain], value)
         run = Run(task, request_id, started + self.deadline_s)
-        ok, cached, hit = False, False, None
+        ok, cached, hit, ended = False, False, None, True
         try:
             async with asyncio.timeout(self.deadline_s):
                 hit, cached = await self._answer(run, chain, value, key, options)
@@ -151,6 +151,9 @@ class Runner:
                 f"no valid output within the {self.deadline_s:g} s deadline",
                 attempts=[a.model_dump() for a in run.attempts],
             ) from e
+        except asyncio.CancelledError:
+            ended = False  # the caller went away: neither a comparison nor a watched request
+            raise
         finally:
             self.metrics.request(
                 RequestRecord(
@@ -166,7 +169,7 @@ class Runner:
                     repaired=ok and not cached and _ended_repaired(run.attempts),
                 )
             )
-            if self.candidates is not None and run.attempts:
+            if self.candidates is not None and run.attempts and ended:
                 self._follow_up(run, chain, value, mode, hit if ok else None)
         attempts = [] if cached else run.attempts
         return RunResult(
