@@ -1,9 +1,11 @@
 """What a shadow candidate costs the caller: run latency with and without a slow shadow.
 
-One process serves Formwork (uvicorn in a thread, a redis-server of its own, the scripted
-upstream of ``tests/upstream.py``); the task's route answers after ``--route-ms`` and the shadow
-candidate after ``--candidate-ms`` (much slower). Each scenario sends the same requests (cache
-bypassed), one at a time and then ``--concurrency`` at a time:
+Three processes on loopback: a redis-server of its own, the scripted upstream of
+``tests/upstream.py`` (this script with ``--serve-upstream``) and Formwork (``uvicorn
+service.app:create_app --factory``, one worker); this process is the client. The task's route
+answers after ``--route-ms`` and the shadow candidate after ``--candidate-ms`` (much slower).
+Each scenario sends the same requests (cache bypassed), one at a time and then
+``--concurrency`` at a time:
 
 - ``none``: no candidate;
 - ``shadow``: a shadow candidate on every request (share 1), cap ``--cap`` per replica;
@@ -11,15 +13,19 @@ bypassed), one at a time and then ``--concurrency`` at a time:
 
 Run from the repository root::
 
-    .venv/bin/python bench/shadow.py --requests 200      # writes bench/shadow.md
+    .venv/bin/python bench/shadow.py --requests 300      # writes bench/shadow.md
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,16 +34,47 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from formwork.config import LocalModelSettings, ProviderSettings, Settings  # noqa: E402
-from tests.conftest import live_server  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 from tests.service.helpers import GOOD, spec  # noqa: E402
 from tests.upstream import Reply, Upstream  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def serve_upstream(port_file: Path, route_ms: float, candidate_ms: float) -> None:
+    """The scripted upstream, until this process is terminated."""
+    with Upstream() as upstream:
+        upstream.set_default("primary", Reply(content=GOOD, delay_s=route_ms / 1000))
+        upstream.set_default("cand", Reply(content=GOOD, delay_s=candidate_ms / 1000))
+        port_file.write_text(str(upstream.port))
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def wait_http(url: str, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -73,60 +110,86 @@ def row(name: str, values: list[float]) -> str:
     )
 
 
+def measure(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    redis_server = RedisServer.launch(work)
+    port_file = work / "upstream.port"
+    me = [sys.executable, __file__, "--route-ms", str(args.route_ms)]
+    me += ["--candidate-ms", str(args.candidate_ms), "--serve-upstream", str(port_file)]
+    processes = [subprocess.Popen(me)]
+    try:
+        while not port_file.exists():
+            time.sleep(0.05)
+        (work / "schemas").mkdir()
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "FORMWORK_CONFIG": str(work / "absent.toml"),
+            "FORMWORK_REDIS_URL": redis_server.url,
+            "FORMWORK_PROVIDERS__UP__BASE_URL": f"http://127.0.0.1:{port_file.read_text()}/v1",
+            "FORMWORK_PROVIDERS__UP__API_KEY": "sk-bench",
+            "FORMWORK_LOCAL__ENABLED": "false",
+            "FORMWORK_SCHEMAS_DIR": str(work / "schemas"),
+            "FORMWORK_LOG_LEVEL": "WARNING",
+        }
+        uvicorn = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory"]
+        uvicorn += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+        processes.append(subprocess.Popen(uvicorn, env=env, cwd=ROOT))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", "formwork")
+        route = {"model": "up/cand", "max_attempts": 1, "timeout_s": 30}
+        shadow = {"route": route, "mode": "shadow", "share": 1.0}
+        shadow["rule"] = {"min_comparisons": 1_000_000}
+        cases = {
+            "none": spec("up/primary"),
+            "shadow": spec("up/primary", candidate=shadow | {"max_concurrency": args.cap}),
+            "shadow, cap 1": spec("up/primary", candidate=shadow | {"max_concurrency": 1}),
+        }
+        results = {}
+        for n, (name, body) in enumerate(cases.items()):
+            task = f"bench-shadow-{n}"
+            httpx.put(f"{url}/v1/tasks/{task}", json=body).raise_for_status()
+            before = cpu_s(processes[1].pid)
+            results[name] = scenario(url, task, args.requests, args.concurrency)
+            time.sleep(args.candidate_ms / 1000 + 0.5)  # let the last shadows end
+            spent = cpu_s(processes[1].pid) - before
+            results[name]["cpu_ms"] = spent * 1000 / (2 * args.requests + 10)
+        return results
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(10)
+        redis_server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--route-ms", type=float, default=20.0)
     parser.add_argument("--candidate-ms", type=float, default=500.0)
     parser.add_argument("--cap", type=int, default=16)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "shadow.md")
+    parser.add_argument("--serve-upstream", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp, Upstream() as upstream:
-        server = RedisServer.launch(Path(tmp))
-        try:
-            schemas = Path(tmp) / "schemas"
-            schemas.mkdir()
-            settings = Settings(
-                redis_url=SecretStr(server.url),
-                providers={"up": ProviderSettings(base_url=upstream.base_url)},
-                local=LocalModelSettings(enabled=False),
-                schemas_dir=schemas,
-                log_level="WARNING",
-            )
-            upstream.set_default("primary", Reply(content=GOOD, delay_s=args.route_ms / 1000))
-            upstream.set_default("cand", Reply(content=GOOD, delay_s=args.candidate_ms / 1000))
-            route = {"model": "up/cand", "max_attempts": 1, "timeout_s": 30}
-            rule = {"min_comparisons": 1_000_000}
-            shadow = {"route": route, "mode": "shadow", "share": 1.0, "rule": rule}
-            cases = {
-                "none": spec("up/primary"),
-                "shadow": spec("up/primary", candidate=shadow | {"max_concurrency": args.cap}),
-                "shadow, cap 1": spec("up/primary", candidate=shadow | {"max_concurrency": 1}),
-            }
-            with live_server(settings) as url:
-                for n, (name, body) in enumerate(cases.items()):
-                    task = f"bench-shadow-{n}"
-                    httpx.put(f"{url}/v1/tasks/{task}", json=body).raise_for_status()
-                    results[name] = scenario(url, task, args.requests, args.concurrency)
-                    time.sleep(args.candidate_ms / 1000 + 0.5)  # let the last shadows end
-        finally:
-            server.stop()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream, args.route_ms, args.candidate_ms)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        results = measure(args, Path(tmp))
 
     lines = [
         "# Shadow candidates: the caller's latency",
         "",
         f"`bench/shadow.py --requests {args.requests} --concurrency {args.concurrency} "
         f"--route-ms {args.route_ms:g} --candidate-ms {args.candidate_ms:g} --cap {args.cap}`, "
-        f"{datetime.date.today()}, {platform.machine()}, Python {platform.python_version()}.",
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}.",
         "",
         f"The task's route answers after {args.route_ms:g} ms, the shadow candidate after "
-        f"{args.candidate_ms:g} ms. Latency of `POST /v1/tasks/{{task}}/run` as the caller sees "
-        "it (ms, cache bypassed), one request at a time and "
-        f"{args.concurrency} at a time; the server, the upstream and the client share one "
-        "process.",
+        f"{args.candidate_ms:g} ms (the scripted upstream, its own process). Latency of "
+        "`POST /v1/tasks/{task}/run` as the caller sees it (ms, cache bypassed), one request "
+        f"at a time and {args.concurrency} at a time, against one Formwork worker.",
         "",
         "| scenario | mean | p50 | p95 | p99 |",
         "|---|---|---|---|---|",
@@ -134,11 +197,16 @@ def main() -> None:
     for name, found in results.items():
         lines.append(row(f"{name}, sequential", found["one"]))
         lines.append(row(f"{name}, {args.concurrency} concurrent", found["many"]))
-    lines += ["", "| scenario | comparisons | dropped |", "|---|---|---|"]
+    lines += [
+        "",
+        "| scenario | Formwork CPU per request | comparisons | dropped |",
+        "|---|---|---|---|",
+    ]
     for name, found in results.items():
-        figures = found["figures"]
-        if figures:
-            lines.append(f"| {name} | {figures['comparisons']} | {figures['drops']} |")
+        figures = found["figures"] or {"comparisons": 0, "drops": 0}
+        lines.append(
+            f"| {name} | {found['cpu_ms']:.1f} ms | {figures['comparisons']} | {figures['drops']} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     args.output.write_text(text)
