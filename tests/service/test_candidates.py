@@ -19,6 +19,7 @@ from formwork import keys
 from formwork.assembly import Core
 from formwork.config import Settings
 from formwork.protocol import Route
+from tests.redis_server import RedisServer
 from tests.service.helpers import GOOD, OUTPUT, attempt, spec
 from tests.upstream import Reply, Upstream
 
@@ -451,6 +452,39 @@ def test_two_replicas_promote_once(
         assert r.hget(keys.candidate(unique_name, 1, CANDIDATE), "comparisons") == "5"
 
 
+def test_with_redis_down_the_caller_is_served_and_the_figures_say_unavailable(
+    client: TestClient, redis_server: RedisServer, upstream: Upstream, unique_name: str
+) -> None:
+    redis_server.require_owned()
+    put(client, unique_name, with_candidate(mode="shadow"))
+    upstream.set_default("*", GOOD)
+    run(client, unique_name, "while redis is up")  # this replica now has a copy of the task
+    settle(client)
+    redis_server.stop()
+    try:
+        assert run(client, unique_name)["model"] == "up/primary"
+        settle(client)  # the comparison is not recorded, and nothing reaches the caller
+        response = client.get(f"/v1/tasks/{unique_name}/candidate")
+        assert response.status_code == 503
+        assert response.json() == {
+            "type": "https://formwork.dev/problems/unavailable",
+            "title": "Service unavailable",
+            "status": 503,
+            "detail": "Redis does not answer: candidate figures are kept there",
+            "instance": f"/v1/tasks/{unique_name}/candidate",
+            "request_id": response.headers["x-request-id"],
+        }
+        assert client.get(f"/v1/tasks/{unique_name}/decisions").status_code == 503
+        page = client.get(f"/ui/tasks/{unique_name}")
+        assert page.status_code == 200
+        assert "which does not answer" in page.text
+    finally:
+        redis_server.start()
+    assert upstream.calls("cand") == 2
+    wait_for(lambda: client.get(f"/v1/tasks/{unique_name}/candidate").status_code == 200, "redis")
+    assert comparisons(client, unique_name) == 1
+
+
 # -- the dashboard -----------------------------------------------------------------------------
 
 
@@ -480,3 +514,34 @@ def test_the_task_page_shows_the_candidate_and_the_timeline(
     assert page.has_id("candidate-none")
     assert "format-failure rate" in page.text("watch")
     assert page.text("decision-1").startswith(f"promoted {CANDIDATE} : v2 → v3 ·")
+
+
+# -- the embedded model as a shadow candidate --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_embedded_model_shadows_a_route_and_is_promoted(
+    settings: Settings, upstream: Upstream, unique_name: str, tmp_path: Any
+) -> None:
+    from formwork.config import LocalModelSettings
+    from service.app import create_app
+
+    local = "local/smollm2-135m"
+    settings.local = LocalModelSettings(adapters_dir=tmp_path / "adapters", max_tokens=64)
+    settings.request_deadline_s = 120
+    body = with_candidate(min_comparisons=2, valid_tolerance=1.0, min_field_agreement=0.0)
+    body["candidate"]["route"] = {"model": local, "max_attempts": 1, "timeout_s": 110}
+    upstream.set_default("primary", GOOD)
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        put(client, unique_name, body)
+        for text in ("WIN A PRIZE NOW", "lunch at noon?"):
+            assert run(client, unique_name, text)["model"] == "up/primary"
+        settle(client)
+        (decision,) = decisions(client, unique_name)
+        figures = decision["figures"]
+        assert (decision["action"], figures["comparisons"]) == ("promoted", 2)
+        assert figures["candidate"]["valid_rate"] == 1.0  # constrained decoding
+        assert figures["candidate"]["prompt_tokens_mean"] > 0
+        answer = run(client, unique_name, "free money, click here")
+        assert (answer["version"], answer["model"]) == (2, local)
+        assert answer["output"]["label"] in ("spam", "ham")
