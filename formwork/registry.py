@@ -96,15 +96,13 @@ return 1
 REGISTER_IF = """
 local found = redis.call('HMGET', KEYS[1], 'current', 'seq')
 if found[1] ~= ARGV[4] or found[2] ~= ARGV[5] then return 0 end
-redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('SET', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], 'current', tonumber(ARGV[5]) + 1, 'digest', ARGV[1])
+redis.call('HSET', KEYS[1], 'current', n, 'digest', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[3])
-if ARGV[6] ~= '' then
-  redis.call('LPUSH', KEYS[4], ARGV[6])
-  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
-  redis.call('EXPIRE', KEYS[4], ARGV[8])
-end
+redis.call('LPUSH', KEYS[4], ARGV[6])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
+redis.call('EXPIRE', KEYS[4], ARGV[8])
 return 1
 """
 
@@ -172,11 +170,11 @@ class Registry:
         spec: TaskSpec,
         *,
         current: int,
+        journal: Callable[[int], Journal],
         watch: Watch | None = None,
-        journal: Callable[[int], Journal] | None = None,
     ) -> int | None:
         """Register ``spec`` as a new version only while ``current`` is the task's current
-        version, across replicas; ``journal(version)`` is pushed in the same step. The new
+        version, across replicas, and push ``journal(version)`` in the same step. The new
         version, or None when the task moved on (another replica did it, or an update)."""
         try:
             at, seq = await self._store.call(lambda r: r.hmget(keys.task(name), ["current", "seq"]))
@@ -184,15 +182,14 @@ class Registry:
                 return None
             version = int(seq) + 1
             found_digest, blob = self._checked(spec, watch=watch)
-            note = journal(version) if journal else Journal("", "", 1, 1)
+            note = journal(version)
             done = await self._store.call(
                 lambda r: self._register_if(
-                    keys=[keys.task(name), keys.TASKS, keys.task_version(name, version), note.key
-                          or keys.task(name)],
+                    keys=[keys.task(name), keys.TASKS, keys.task_version(name, version), note.key],
                     args=[found_digest, blob, name, at, seq, note.entry, note.kept, note.ttl_s],
                     client=r,
                 )
-            )  # fmt: skip
+            )
         except StoreDown as e:
             raise Unavailable(REDIS_DOWN) from e
         self._current.pop(name, None)
