@@ -136,6 +136,17 @@ def test_nonsense_candidates_are_refused_with_their_path(
     assert client.get(f"/v1/tasks/{unique_name}").status_code == 404
 
 
+def test_a_candidate_no_provider_serves_is_warned_of(client: TestClient, unique_name: str) -> None:
+    body = with_candidate()
+    body["candidate"]["route"]["model"] = "nowhere/model"
+    response = client.put(f"/v1/tasks/{unique_name}", json=body)
+    assert response.status_code == 201
+    assert response.json()["warnings"] == [
+        "candidate 'nowhere/model': no provider 'nowhere' is configured here, so each of its "
+        "calls here fails"
+    ]
+
+
 def test_a_task_without_candidate_reports_none(client: TestClient, unique_name: str) -> None:
     put(client, unique_name, spec("up/primary"))
     assert report(client, unique_name) == {

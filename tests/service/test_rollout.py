@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 from formwork.assembly import open_core
 from formwork.candidates import Side, Tally, increments, unmet
 from formwork.config import Settings
-from formwork.protocol import Attempt, PromotionRule, TaskSpec, Usage
+from formwork.errors import InvalidSchema
+from formwork.protocol import Attempt, PromotionRule, Route, TaskSpec, Usage
 from tests.service.helpers import OUTPUT, spec
 
 
@@ -88,3 +91,14 @@ async def test_of_two_racing_replicas_one_promotes(settings: Settings, unique_na
         assert [r.model for r in promoted.routes] == ["up/cand", "up/primary"]
         assert promoted.watch is not None
         assert promoted.watch.promoted_from == 1
+
+
+async def test_a_built_definition_whose_candidate_is_a_route_is_refused(
+    settings: Settings, unique_name: str
+) -> None:
+    parsed = TaskSpec.model_validate(spec("up/primary", candidate={"route": {"model": "up/c"}}))
+    built = parsed.model_copy(update={"routes": [Route(model="up/c")]})  # no validation
+    async with open_core(settings, local="skip") as core:
+        with pytest.raises(InvalidSchema) as raised:
+            await core.registry.put(unique_name, built)
+    assert raised.value.detail == "a candidate must be a model the task does not route to"
