@@ -41,13 +41,13 @@ from .protocol import (
     TaskVersion,
 )
 from .rollout import Rollout, WatchCounts
+from .stats import NO_ANSWER
 from .store import Store, StoreDown
 
 log = logging.getLogger(__name__)
 Mode = Literal["shadow", "canary"]
 FIELDS_SCORED = 32  # top-level fields scored per comparison, so that the hash stays bounded
 EPSILON = 1e-9
-NO_ANSWER = frozenset({"timeout", "upstream_error", "rate_limited"})
 SUMS = (
     "comparisons",
     "drops",
