@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Literal
 
 from .batches import BatchJobs
 from .cache import Cache
+from .candidates import Candidates
 from .config import LOCAL_PROVIDER, Settings
 from .errors import Unavailable
 from .flight import SingleFlight
@@ -26,6 +28,7 @@ from .protocol import TaskFile
 from .providers import Providers
 from .providers.base import Provider
 from .registry import Registry, read_task_files
+from .rollout import Rollout
 from .runner import Runner
 from .store import Store
 from .validation import Validators
@@ -45,6 +48,7 @@ class Core:
     metrics: Metrics
     runner: Runner
     batches: BatchJobs
+    candidates: Candidates
 
 
 async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
@@ -146,11 +150,34 @@ async def open_core(
         )
         if record:
             stack.push_async_callback(metrics.flush)
-        runner = _runner(settings, store, registry, providers, cache, metrics, validators)
+        rollout = Rollout(store, registry, default_route=providers.default_route)
+        seed = settings.candidate_seed
+        sample = random.random if seed is None else random.Random(seed).random
+        candidates = Candidates(store, rollout, random=sample)
+        stack.push_async_callback(candidates.aclose)
+        runner = _runner(
+            settings,
+            store,
+            registry,
+            providers,
+            cache,
+            metrics,
+            validators,
+            candidates=candidates if background else None,  # on a server's live traffic only
+        )
         batches = BatchJobs(store, runner, concurrency=settings.batch_concurrency)
         stack.push_async_callback(batches.aclose)
         core = Core(
-            settings, store, validators, providers, registry, cache, metrics, runner, batches
+            settings,
+            store,
+            validators,
+            providers,
+            registry,
+            cache,
+            metrics,
+            runner,
+            batches,
+            candidates,
         )
         if background:
             start_background(stack, core)
@@ -165,6 +192,8 @@ def _runner(
     cache: Cache,
     metrics: Metrics,
     validators: Validators,
+    *,
+    candidates: Candidates | None = None,
 ) -> Runner:
     return Runner(
         registry,
@@ -176,6 +205,7 @@ def _runner(
         deadline_s=settings.request_deadline_s,
         retry_after_max_s=settings.retry_after_max_s,
         limits=settings.limits,
+        candidates=candidates,
     )
 
 

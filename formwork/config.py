@@ -217,6 +217,11 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(4, ge=1, description="Inputs of one batch run at once.")
     failures_kept: int = Field(1000, ge=10, description="Recent failed attempts kept per task.")
     request_log_kept: int = Field(10000, ge=0, description="Successful runs kept per task.")
+    candidate_seed: int | None = Field(
+        None,
+        description="Seed of the sampling that picks requests for a task's candidate: the same "
+        "seed picks the same requests (tests, reproducible runs); None draws from the system.",
+    )
     limits: Limits = Field(default_factory=Limits)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

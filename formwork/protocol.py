@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # ASCII only, so that the pattern means the same in Python, Rust and ECMA-262 (the OpenAPI
@@ -67,6 +67,75 @@ class CachePolicy(Strict):
     )
 
 
+class PromotionRule(Strict):
+    """When live comparisons promote a candidate, and when a promotion is rolled back."""
+
+    min_comparisons: int = Field(
+        200, ge=1, le=1_000_000, description="Live inputs answered by both sides, at least."
+    )
+    valid_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="The candidate's schema-valid rate may be at most this far below the "
+        "current route's.",
+    )
+    min_field_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of the current route's top-level field values the candidate gave "
+        "too (over the comparisons where the current route's answer was valid).",
+    )
+    max_latency_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="The candidate's mean latency may be at most this multiple of the current "
+        "route's; None: not checked.",
+    )
+    auto_promote: bool = Field(
+        True, description="Promote when the rule is met; False records that it is met, once."
+    )
+    rollback_failure_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="After a promotion: roll back when the promoted route's format-failure rate "
+        "since the promotion rises above this.",
+    )
+    rollback_min_requests: int = Field(
+        50, ge=1, le=1_000_000, description="Requests on the promoted route before a rollback."
+    )
+    watch_s: int = Field(
+        86400,
+        ge=60,
+        le=90 * 86400,
+        description="How long after a promotion its failure rate is watched.",
+    )
+
+
+class Candidate(Strict):
+    """A route tried on live traffic beside the task's routes, and the rule that promotes it."""
+
+    route: Route
+    mode: Literal["shadow", "canary"] = Field(
+        "shadow",
+        description="shadow: the candidate also answers sampled requests after the caller has "
+        "been answered, and its answers are never returned; canary: sampled requests are "
+        "answered by the candidate first, falling back to the task's routes.",
+    )
+    share: float = Field(0.1, ge=0, le=1, description="Share of live requests sampled.")
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Off-path calls in flight per replica; a sampled request beyond it is "
+        "dropped (and counted), never queued.",
+    )
+    rule: PromotionRule = Field(default_factory=PromotionRule)
+
+
 class TaskSpec(Strict):
     """The body of ``PUT /v1/tasks/{task}`` and of a file in ``schemas/``."""
 
@@ -77,6 +146,20 @@ class TaskSpec(Strict):
     examples: list[Example] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     cache: CachePolicy = Field(default_factory=CachePolicy)
+    candidate: Candidate | None = Field(
+        None, description="A route measured on live traffic, promoted by its rule."
+    )
+
+    @field_validator("candidate")
+    @classmethod
+    def _new_model(cls, candidate: Candidate | None, info: ValidationInfo) -> Candidate | None:
+        routes: list[Route] = info.data.get("routes") or []
+        if candidate is not None and any(r.model == candidate.route.model for r in routes):
+            raise ValueError(
+                f"the candidate {candidate.route.model!r} is already one of the task's routes; "
+                "a candidate must be a model the task does not route to"
+            )
+        return candidate
 
 
 class TaskFile(TaskSpec):
@@ -89,6 +172,19 @@ class TaskFile(TaskSpec):
         return TaskSpec.model_validate(self.model_dump(exclude={"name"}))
 
 
+class Watch(Model):
+    """Set on the version an automatic promotion made: the routes it replaced, restored when
+    the promoted route's format-failure rate rises above the bound before ``until``."""
+
+    model: str = Field(description="The promoted route's model.")
+    previous_routes: list[Route]
+    promoted_from: int = Field(description="The version the candidate was measured on.")
+    failure_rate: float = Field(description="The rule's rollback_failure_rate.")
+    min_requests: int = Field(description="The rule's rollback_min_requests.")
+    since: float
+    until: float
+
+
 class TaskVersion(TaskSpec):
     """One immutable registered version."""
 
@@ -96,6 +192,9 @@ class TaskVersion(TaskSpec):
     version: int
     created_at: float
     digest: str
+    watch: Watch | None = Field(
+        None, description="Set by an automatic promotion (never by a registration)."
+    )
 
 
 class TaskSummary(Model):
@@ -214,6 +313,79 @@ class FailureRecord(Model):
     outcome: Outcome
     errors: list[ErrorItem]
     raw_output: str
+
+
+# -- candidates: /v1/tasks/{task}/candidate and /v1/tasks/{task}/decisions --
+
+
+class SideFigures(Model):
+    """One side of the comparisons: the candidate, or the current first route."""
+
+    valid_rate: float | None = Field(None, description="Schema-valid after its re-asks.")
+    latency_ms_mean: float | None = Field(None, description="All its attempts on an input.")
+    prompt_tokens_mean: float | None = None
+    completion_tokens_mean: float | None = None
+
+
+class CandidateFigures(Model):
+    """A candidate's live figures on one task version."""
+
+    version: int
+    model: str
+    comparisons: int = Field(description="Live inputs answered by both sides.")
+    drops: int = Field(description="Sampled requests dropped at the concurrency cap.")
+    candidate: SideFigures
+    current: SideFigures
+    references: int = Field(
+        description="Comparisons whose current answer was valid: the base of agreement."
+    )
+    exact_agreement: float | None = Field(None, description="The same answer as a whole.")
+    field_agreement: float | None = Field(
+        None, description="The same value, over every top-level field of the current answers."
+    )
+    fields: dict[str, float] = Field(default_factory=dict, description="Agreement per field.")
+
+
+class WatchFigures(Model):
+    """The promoted route since its promotion."""
+
+    version: int
+    model: str
+    requests: int = Field(description="Requests that tried the promoted route.")
+    answered: int = Field(description="Its attempts that got an answer.")
+    format_failures: int
+    format_failure_rate: float | None
+
+
+class CandidateReport(Model):
+    task: str
+    version: int
+    candidate: Candidate | None
+    figures: CandidateFigures | None
+    unmet: list[str] = Field(
+        default_factory=list, description="What the rule still waits for (empty: met)."
+    )
+    watch: Watch | None = None
+    watched: WatchFigures | None = None
+
+
+class RolloutDecision(Model):
+    """A promotion or rollback made by a candidate's rule, with its evidence."""
+
+    at: float
+    task: str
+    action: Literal["promoted", "rolled_back", "ready"] = Field(
+        description="ready: the rule is met but auto_promote is off."
+    )
+    model: str = Field(description="The candidate, or the promoted route rolled back.")
+    from_version: int
+    version: int | None = Field(description="The version the decision made, if any.")
+    reason: str
+    routes: list[Route] = Field(description="The task's routes after the decision.")
+    rule: PromotionRule | None = None
+    figures: CandidateFigures | None = None
+    watch: Watch | None = None
+    watched: WatchFigures | None = None
 
 
 # -- fine-tune jobs: what /v1/tasks/{task}/finetunes takes and /v1/finetunes/{id} returns --

@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 from . import keys
 from .digests import digest
 from .errors import InvalidSchema, TaskNotFound, Unavailable
-from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion
+from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion, Watch
 from .store import Store, StoreDown
 from .validation import Validators, check_task
 
@@ -89,6 +89,34 @@ return 1
 """
 
 
+# Compare-and-set: a new version only while the task is at the version (and sequence number) the
+# caller read, with a journal entry pushed in the same step. KEYS: task hash, tasks set, new
+# version key, journal list. ARGV: digest, version blob, name, current, seq, entry, kept, ttl.
+# Returns 1 when registered, 0 when the task moved on.
+REGISTER_IF = """
+local found = redis.call('HMGET', KEYS[1], 'current', 'seq')
+if found[1] ~= ARGV[4] or found[2] ~= ARGV[5] then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'current', n, 'digest', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('LPUSH', KEYS[4], ARGV[6])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
+redis.call('EXPIRE', KEYS[4], ARGV[8])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """An entry pushed on a capped, expiring list together with a conditional registration."""
+
+    key: str
+    entry: str
+    kept: int
+    ttl_s: int
+
+
 @dataclass(slots=True)
 class Current:
     task: TaskVersion
@@ -121,19 +149,51 @@ class Registry:
         self._register = store.redis.register_script(REGISTER)
         self._seed = store.redis.register_script(SEED)
         self._restore = store.redis.register_script(RESTORE)
+        self._register_if = store.redis.register_script(REGISTER_IF)
 
-    def _checked(self, spec: TaskSpec) -> tuple[str, str]:
+    def _checked(self, spec: TaskSpec, *, watch: Watch | None = None) -> tuple[str, str]:
         """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
         check_task(spec, self._validators)
         found = spec_digest(spec)
-        blob = json.dumps(
-            {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
-        )
-        return found, blob
+        stored = {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
+        if watch is not None:
+            stored["watch"] = watch.model_dump(mode="json")
+        return found, json.dumps(stored)
 
     async def put(self, name: str, spec: TaskSpec) -> Registered:
         version, state, _ = await self._apply(self._register, name, spec)
         return self._registered(name, spec, version, state)
+
+    async def put_if(
+        self,
+        name: str,
+        spec: TaskSpec,
+        *,
+        current: int,
+        journal: Callable[[int], Journal],
+        watch: Watch | None = None,
+    ) -> int | None:
+        """Register ``spec`` as a new version only while ``current`` is the task's current
+        version, across replicas, and push ``journal(version)`` in the same step. The new
+        version, or None when the task moved on (another replica did it, or an update)."""
+        try:
+            at, seq = await self._store.call(lambda r: r.hmget(keys.task(name), ["current", "seq"]))
+            if at is None or seq is None or int(at) != current:
+                return None
+            version = int(seq) + 1
+            found_digest, blob = self._checked(spec, watch=watch)
+            note = journal(version)
+            done = await self._store.call(
+                lambda r: self._register_if(
+                    keys=[keys.task(name), keys.TASKS, keys.task_version(name, version), note.key],
+                    args=[found_digest, blob, name, at, seq, note.entry, note.kept, note.ttl_s],
+                    client=r,
+                )
+            )
+        except StoreDown as e:
+            raise Unavailable(REDIS_DOWN) from e
+        self._current.pop(name, None)
+        return version if done else None
 
     async def _apply(
         self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str
@@ -219,6 +279,7 @@ class Registry:
             version=version,
             created_at=data["created_at"],
             digest=data["digest"],
+            watch=data.get("watch"),
         )
         self._versions[(name, version)] = task
         if len(self._versions) > 4096:
@@ -355,7 +416,10 @@ class Registry:
         known = self._known[name]
         task = known.task
         spec = task.model_dump(mode="json", include=set(TaskSpec.model_fields))
-        blob = json.dumps({"created_at": task.created_at, "digest": task.digest, "spec": spec})
+        stored = {"created_at": task.created_at, "digest": task.digest, "spec": spec}
+        if task.watch is not None:
+            stored["watch"] = task.watch.model_dump(mode="json")
+        blob = json.dumps(stored)
         try:
             done = await self._store.call(
                 lambda r: self._restore(

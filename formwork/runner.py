@@ -4,6 +4,8 @@ re-ask → fall back → cache → count. Unvalidated output is never returned a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -11,6 +13,7 @@ from pydantic import JsonValue
 
 from . import budget, prompts
 from .cache import Cache, Cached, cache_key
+from .candidates import Candidates, Mode, Side
 from .config import Limits
 from .digests import canonical
 from .errors import AllRoutesFailed, DeadlineExceeded, Forbidden, InvalidInput, Unavailable
@@ -50,6 +53,7 @@ class Run:
     fell_back: bool = False
     re_asked: bool = False
     retry_after: float | None = None
+    recorded: bool = True  # False: an off-path call, kept out of the stats and logs
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -101,6 +105,7 @@ class Runner:
         deadline_s: float,
         retry_after_max_s: float,
         limits: Limits | None = None,
+        candidates: Candidates | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
@@ -111,6 +116,7 @@ class Runner:
         self.deadline_s = deadline_s
         self.retry_after_max_s = retry_after_max_s
         self.limits = limits or validators.limits
+        self.candidates = candidates
 
     async def run(
         self,
@@ -130,9 +136,12 @@ class Runner:
             task = await self.registry.version(name, options.version)
         await self._check_input(task, value)
         chain = self._chain(task, options.route, any_route=any_route)
+        mode = self._sample(task, options)
+        if mode == "canary" and task.candidate is not None:
+            chain = [task.candidate.route, *chain]
         key = cache_key(task.name, task.version, current.cache_gen, [r.model for r in chain], value)
         run = Run(task, request_id, started + self.deadline_s)
-        ok, cached, hit = False, False, None
+        ok, cached, hit, ended = False, False, None, True
         try:
             async with asyncio.timeout(self.deadline_s):
                 hit, cached = await self._answer(run, chain, value, key, options)
@@ -142,6 +151,9 @@ class Runner:
                 f"no valid output within the {self.deadline_s:g} s deadline",
                 attempts=[a.model_dump() for a in run.attempts],
             ) from e
+        except asyncio.CancelledError:
+            ended = False  # the caller went away: neither a comparison nor a watched request
+            raise
         finally:
             self.metrics.request(
                 RequestRecord(
@@ -157,6 +169,8 @@ class Runner:
                     repaired=ok and not cached and _ended_repaired(run.attempts),
                 )
             )
+            if self.candidates is not None and run.attempts and ended:
+                self._follow_up(run, chain, value, mode, hit if ok else None)
         attempts = [] if cached else run.attempts
         return RunResult(
             output=hit.output,
@@ -216,6 +230,52 @@ class Runner:
                 f"the input does not match task {task.name!r}'s input_schema",
                 errors=[e.model_dump() for e in errors],
             )
+
+    def _sample(self, task: TaskVersion, options: RunOptions) -> Mode | None:
+        """Whether this request is one of the candidate's comparisons (never when the caller
+        pinned a route or a version)."""
+        if self.candidates is None or options.route is not None or options.version is not None:
+            return None
+        return self.candidates.sample(task)
+
+    def _follow_up(
+        self, run: Run, chain: list[Route], value: JsonValue, mode: Mode | None, hit: Cached | None
+    ) -> None:
+        """After the caller's answer, off the request path: the watch of a promotion, and the
+        comparison this request was sampled for (the other side's call when it is missing)."""
+        candidates, task = self.candidates, run.task
+        assert candidates is not None
+        candidates.observe(task, run.attempts)
+        if mode is None or task.candidate is None:
+            return
+        first = _leading(run.attempts, chain[0].model)
+        side = Side.of(first, hit.output if hit and hit.model == chain[0].model else None)
+        if mode == "shadow":
+            candidate = task.candidate.route
+            candidates.off_path(task, lambda: self._compare(run, candidate, value, side))
+            return
+        rest = _leading(run.attempts[len(first) :], chain[1].model)
+        if side.valid or not rest:  # the current route did not answer this input: call it
+            candidates.off_path(task, lambda: self._compare(run, chain[1], value, side))
+        else:
+            current = Side.of(rest, hit.output if hit and hit.model == chain[1].model else None)
+            candidates.compare(task, side, current)
+
+    async def _compare(self, run: Run, route: Route, value: JsonValue, known: Side) -> None:
+        """Call the side of a comparison the caller's request did not, and record it."""
+        task, candidates = run.task, self.candidates
+        assert candidates is not None
+        assert task.candidate is not None
+        other = Run(task, run.request_id, time.monotonic() + self.deadline_s, recorded=False)
+        output: JsonValue = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.deadline_s):
+                output = await self.try_route(other, route, value)
+        side = Side.of(other.attempts, output)
+        if route.model == task.candidate.route.model:
+            await candidates.record(task, side, known)
+        else:
+            await candidates.record(task, known, side)
 
     def _chain(self, task: TaskVersion, override: str | None, *, any_route: bool) -> list[Route]:
         if override is None:
@@ -367,6 +427,8 @@ class Runner:
         raw: str = "",
     ) -> None:
         run.attempts.append(attempt)
+        if not run.recorded:
+            return
         task = run.task.name
         self.metrics.attempt(task, attempt, first=n == 1, reask=n > 1, paths=paths or [])
         if attempt.outcome not in ("valid", "repaired"):
@@ -377,6 +439,11 @@ class Runner:
                 attempt=attempt,
                 raw_output=raw[:RAW_OUTPUT_KEPT],
             )
+
+
+def _leading(attempts: list[Attempt], model: str) -> list[Attempt]:
+    """The attempts one route made at the start of ``attempts``."""
+    return list(itertools.takewhile(lambda a: a.model == model, attempts))
 
 
 def _ended_repaired(attempts: list[Attempt]) -> bool:

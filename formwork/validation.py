@@ -256,6 +256,12 @@ def _text_errors(spec: TaskSpec, limits: Limits) -> list[ErrorItem]:
 def check_task(spec: TaskSpec, validators: Validators) -> None:
     """Raise InvalidSchema naming every problem: schemas, then examples against them."""
     limits = validators.limits
+    candidate = spec.candidate.route.model if spec.candidate else None
+    if any(route.model == candidate for route in spec.routes):  # a spec built, not parsed
+        raise InvalidSchema(
+            "a candidate must be a model the task does not route to",
+            errors=[{"path": "$.candidate.route.model", "message": f"{candidate!r} is a route"}],
+        )
     errors = schema_errors(spec.output_schema, "output_schema", limits)
     if spec.input_schema is not None:
         errors += schema_errors(spec.input_schema, "input_schema", limits)

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from formwork.assembly import Core
 from formwork.auth import Keys
 from formwork.batches import BatchJobs
+from formwork.candidates import Candidates
 from formwork.config import Scope, Settings
 from formwork.metrics import Metrics
 from formwork.protocol import TASK_NAME
@@ -74,6 +75,10 @@ async def get_batches(request: Request) -> BatchJobs:
     return _state(request).services.core.batches
 
 
+async def get_candidates(request: Request) -> Candidates:
+    return _state(request).services.core.candidates
+
+
 async def get_settings(request: Request) -> Settings:
     return _state(request).settings
 
@@ -92,6 +97,7 @@ ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 BatchesDep = Annotated[BatchJobs, Depends(get_batches)]
+CandidatesDep = Annotated[Candidates, Depends(get_candidates)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 

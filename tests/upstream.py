@@ -44,6 +44,7 @@ DEFAULT_JOB_ERROR = {
     "param": "training_file",
 }
 ORGANIZATION = "formwork"
+HOLD_MAX_S = 30.0
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
     401: ("invalid_request_error", "invalid_api_key"),
@@ -77,6 +78,7 @@ class Reply:
     completion_tokens: int = 7
     drip_s: float = 0.0  # send the body one byte at a time, this long apart (a slow drip)
     body: str | None = None  # send exactly this 200 body instead of a chat completion
+    hold: threading.Event | None = None  # answer only once this is set (30 s at most)
 
 
 @dataclass
@@ -364,6 +366,8 @@ class Upstream:
         reply, completion_id = self._take(model, body, request.headers.get("authorization"))
         if reply is None:
             return _error(500, f"no scripted reply for model {model!r}")
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, HOLD_MAX_S)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200:

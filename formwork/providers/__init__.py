@@ -78,6 +78,10 @@ class Providers:
             for route in spec.routes
             if not self.has(route.model)
         ]
+        candidate = spec.candidate.route.model if spec.candidate else None
+        if candidate is not None and not self.has(candidate):
+            absent = self._absent(split_ref(candidate)[0])
+            notes.append(f"candidate {candidate!r}: {absent}, so each of its calls here fails")
         notes += [
             f"translating the {translation.dialect.name} output schema for decoding: {loss}"
             for loss in translation.losses

@@ -55,7 +55,7 @@ def too_many(count: int, limit: int, hint: str) -> InvalidInput:
     )
 
 
-@router.post("/tasks/{task}/batch", responses=problems(404, 413, 503))
+@router.post("/tasks/{task}/batch", responses=problems(400, 404, 413, 503))
 async def run_batch_now(
     task: TaskName, body: BatchRequest, runner: RunnerDep, settings: SettingsDep
 ) -> BatchResult:
@@ -102,7 +102,7 @@ async def read_batch(request: Request) -> BatchRequest:
     "/tasks/{task}/batches",
     status_code=202,
     openapi_extra=BATCH_BODY,
-    responses=problems(404, 413, 422, 503),
+    responses=problems(400, 404, 413, 422, 503),
 )
 async def start_batch(
     task: TaskName, request: Request, batches: BatchesDep, settings: SettingsDep

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from formwork import logs
 from formwork.protocol import (
+    CandidateReport,
     FailureRecord,
     Registered,
+    RolloutDecision,
     RunRequest,
     RunResult,
     TaskSpec,
@@ -20,6 +22,7 @@ from formwork.protocol import (
 from formwork.stats import Window, task_stats
 
 from ..deps import (
+    CandidatesDep,
     CanRead,
     CanRun,
     IsAdmin,
@@ -137,3 +140,24 @@ async def get_failures(
 ) -> list[FailureRecord]:
     await registry.get(task)
     return await metrics.failures(task, limit)
+
+
+@router.get("/{task}/candidate", dependencies=[CanRead], responses=problems(404, 503))
+async def get_candidate(
+    task: TaskName, registry: RegistryDep, candidates: CandidatesDep
+) -> CandidateReport:
+    """The current version's candidate, its live figures against the current route and what
+    its rule waits for; the watch when this version was made by a promotion."""
+    return await candidates.report(await registry.get(task))
+
+
+@router.get("/{task}/decisions", dependencies=[CanRead], responses=problems(404, 503))
+async def get_decisions(
+    task: TaskName,
+    registry: RegistryDep,
+    candidates: CandidatesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[RolloutDecision]:
+    """Promotions and rollbacks made by candidates' rules, newest first, with their evidence."""
+    await registry.get(task)
+    return await candidates.rollout.decisions(task, limit)

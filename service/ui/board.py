@@ -13,10 +13,19 @@ from dataclasses import dataclass
 
 from pydantic import JsonValue
 
+from formwork.candidates import Candidates
 from formwork.config import Settings
-from formwork.errors import FormworkError, TaskNotFound
+from formwork.errors import FormworkError, TaskNotFound, Unavailable
 from formwork.metrics import Metrics
-from formwork.protocol import ErrorItem, FinetuneJob, TaskStats, TaskSummary, TaskVersion
+from formwork.protocol import (
+    CandidateReport,
+    ErrorItem,
+    FinetuneJob,
+    RolloutDecision,
+    TaskStats,
+    TaskSummary,
+    TaskVersion,
+)
 from formwork.registry import Registry
 from formwork.stats import WINDOWS, Series, stats_of, task_series, window_buckets
 from formwork.windows import WindowSums
@@ -40,6 +49,7 @@ MARKERS_MAX = 20  # versions looked up for chart markers
 VERSIONS_LISTED = 50
 FAILURES_READ = 200
 JOBS_LISTED = 20
+DECISIONS_LISTED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,8 @@ class TaskPage:
     charts: dict[str, JsonValue]
     threshold: float
     examples: dict[tuple[str, str], ErrorItem]  # (model, path) -> the newest such error
+    candidate: CandidateReport | None  # None when Redis does not answer
+    decisions: list[RolloutDecision]  # newest first
 
     @property
     def over(self) -> bool:
@@ -68,7 +80,9 @@ class Board:
         jobs: JobManager,
         settings: Settings,
         windows: WindowSums,
+        candidates: Candidates,
     ) -> None:
+        self._candidates = candidates
         self._windows = windows
         self._registry = registry
         self._metrics = metrics
@@ -99,6 +113,7 @@ class Board:
         for record in await self._metrics.failures(name, FAILURES_READ):
             for error in record.errors:
                 examples.setdefault((record.model, error.path), error)
+        candidate, decisions = await self._rollout(task)
         return TaskPage(
             task=task,
             window=window,
@@ -109,7 +124,19 @@ class Board:
             charts=chart_data(series, markers),
             threshold=self._settings.ui.threshold(name),
             examples=examples,
+            candidate=candidate,
+            decisions=decisions,
         )
+
+    async def _rollout(
+        self, task: TaskVersion
+    ) -> tuple[CandidateReport | None, list[RolloutDecision]]:
+        """The candidate's figures and the decision timeline, or nothing while Redis is down."""
+        try:
+            report = await self._candidates.report(task)
+            return report, await self._candidates.rollout.decisions(task.name, DECISIONS_LISTED)
+        except Unavailable:
+            return None, []
 
     async def markers(self, task: TaskVersion, *, since: float) -> list[tuple[float, str]]:
         """When each version in the window took effect (a promotion makes a version too)."""

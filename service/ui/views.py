@@ -235,7 +235,8 @@ class DiffLine:
 
 
 def version_json(task: TaskVersion) -> str:
-    spec = task.model_dump(mode="json", exclude={"name", "version", "created_at", "digest"})
+    unset = {name for name in ("candidate", "watch") if getattr(task, name) is None}
+    spec = task.model_dump(mode="json", exclude={"name", "version", "created_at", "digest", *unset})
     return json.dumps(spec, indent=2, sort_keys=True, ensure_ascii=False)
 
 
