@@ -54,7 +54,9 @@ LOAD_WAIT_MARGIN_S = 0.5  # a request waiting for the load gives up this much be
 # Greedy decoding of a 135M model falls into loops ("sea-glass, sea-glass, ..."), even inside
 # a schema's string, until max_tokens cuts the JSON. A mild penalty on tokens the completion
 # already produced (the prompt is exempt, so copying from the input is not penalised) broke
-# every loop in bench/local_model.md's runs.
+# every loop in bench/local_model.md's runs. It applies to the base model only: a LoRA adapter was
+# trained on the task's exact answers, whose tokens repeat by design ("stylize":250,"chaos":0
+# after "16:9"), and the penalty turned its right digits and labels into wrong ones.
 REPETITION_PENALTY = 1.1
 JOIN_TIMEOUT_S = 10.0
 ENGINE_PACKAGES = ("llama_cpp", "llguidance", "numpy", "jinja2")
@@ -348,7 +350,7 @@ class LocalProvider:
         sampling = Sampling(
             max_tokens=min(request.max_tokens, self._settings.max_tokens),
             temperature=request.temperature,
-            repetition_penalty=self._repetition_penalty,
+            repetition_penalty=1.0 if job.adapter else self._repetition_penalty,
         )
         matcher = None if request.schema is None else self._grammars.matcher(request.schema)
         try:
