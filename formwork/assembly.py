@@ -196,10 +196,11 @@ def unrecorded_runner(core: Core) -> Runner:
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:
     """The server's upkeep: shipped and known tasks kept registered, metrics flushed, batches
-    resumed."""
+    resumed, a worker process started."""
     settings = core.settings
     files = read_task_files(settings.schemas_dir) if settings.schemas_dir.is_dir() else []
     check_s = max(settings.redis_retry_s, 1.0)
     _in_background(stack, lambda: keep_registered(core.registry, files, check_s))
     _in_background(stack, core.metrics.flush_forever)
     _in_background(stack, core.batches.resume_forever)
+    _in_background(stack, core.validators.workers.warm)
