@@ -32,6 +32,7 @@ from .validation import Validators
 
 log = logging.getLogger(__name__)
 NO_FLUSH_S = 365 * 86400.0  # metrics that are never flushed (evaluation stays out of stats)
+CANCEL_AGAIN_S = 2.0  # a background task still running this long after its cancel is cancelled again
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,15 @@ async def keep_registered(registry: Registry, files: list[TaskFile], check_s: fl
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it; cancel again while it goes on (a cancellation that
+    lands inside a Redis call can come out as a timeout, which the upkeep loops survive)."""
     task.cancel()
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+        if done:
+            break
+        log.warning("background task %s still running after cancel: cancelled again", task)
+        task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

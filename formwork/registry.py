@@ -143,14 +143,17 @@ class Registry:
         return await self._registered(name, spec, version, state)
 
     async def _apply(
-        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str
+        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str, shipped: bool = False
     ) -> tuple[int, int, int]:
         # Checking a definition costs ~5 ms per kilobyte (the meta-schema): in a worker process
-        # unless it is under half of off_loop_chars, so that the event loop keeps serving.
+        # unless it is off_loop_chars long at most, so that the event loop keeps serving.
+        # Shipped files (a few, of known size) are checked inline: at start-up they are then
+        # listed at once, not after the first worker process has started.
         try:
-            small = len(spec.model_dump_json()) * 2 <= self._validators.limits.off_loop_chars
+            size = len(spec.model_dump_json())
         except ValueError:  # not JSON text (a lone surrogate): the check refuses it at once
-            small = True
+            size = 0
+        small = shipped or size <= self._validators.limits.off_loop_chars
         if small:
             found, blob = checked(spec, self._validators)
         else:
@@ -299,7 +302,9 @@ class Registry:
     async def _load_one(self, file: TaskFile) -> Registered:
         spec = file.spec()
         applied = digest(file.model_dump(mode="json"))
-        version, state, by_file = await self._apply(self._seed, file.name, spec, applied)
+        version, state, by_file = await self._apply(
+            self._seed, file.name, spec, applied, shipped=True
+        )
         if state == 3:
             log.warning(
                 "task %s: %s changed, but version %d was registered after the file's version %d;"
