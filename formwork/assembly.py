@@ -32,7 +32,7 @@ from .validation import Validators
 
 log = logging.getLogger(__name__)
 NO_FLUSH_S = 365 * 86400.0  # metrics that are never flushed (evaluation stays out of stats)
-CANCEL_AGAIN_S = 2.0  # a background task still running this long after its cancel is cancelled again
+CANCEL_AGAIN_S = 2.0  # a background task still running this long after a cancel: cancel again
 
 
 @dataclass(frozen=True, slots=True)
