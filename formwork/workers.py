@@ -188,7 +188,9 @@ class Workers:
         if started.cancelled() or started.exception() is not None:
             return
         worker = started.result()
-        if self._closed or len(self._idle) + len(self._busy) >= self.size:
+        if self._closed:  # no I/O thread is left to reap it
+            worker.kill()
+        elif len(self._idle) + len(self._busy) >= self.size:
             self._io.submit(worker.kill)
         else:
             self._idle.append(worker)
