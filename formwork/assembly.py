@@ -35,6 +35,7 @@ from .validation import Validators
 
 log = logging.getLogger(__name__)
 NO_FLUSH_S = 365 * 86400.0  # metrics that are never flushed (evaluation stays out of stats)
+CANCEL_AGAIN_S = 2.0  # a background task still running this long after a cancel: cancel again
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,15 @@ async def keep_registered(registry: Registry, files: list[TaskFile], check_s: fl
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it; cancel again while it goes on (a cancellation that
+    lands inside a Redis call can come out as a timeout, which the upkeep loops survive)."""
     task.cancel()
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+        if done:
+            break
+        log.warning("background task %s still running after cancel: cancelled again", task)
+        task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
@@ -226,10 +235,11 @@ def unrecorded_runner(core: Core) -> Runner:
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:
     """The server's upkeep: shipped and known tasks kept registered, metrics flushed, batches
-    resumed."""
+    resumed, a worker process started."""
     settings = core.settings
     files = read_task_files(settings.schemas_dir) if settings.schemas_dir.is_dir() else []
     check_s = max(settings.redis_retry_s, 1.0)
     _in_background(stack, lambda: keep_registered(core.registry, files, check_s))
     _in_background(stack, core.metrics.flush_forever)
     _in_background(stack, core.batches.resume_forever)
+    _in_background(stack, core.validators.workers.warm)

@@ -103,10 +103,17 @@ class Limits(BaseModel):
         300.0, gt=0, description="Longest Retry-After passed on to a caller."
     )
     off_loop_chars: int = Field(
-        4096,
+        1024,
         ge=0,
-        description="Answers or inputs at least this long are validated off the "
-        "event loop, on a worker thread.",
+        description="Answers and inputs longer than this are validated in a worker process, "
+        "off the event loop (fewer characters on a schema over 1 KiB; all on a schema with "
+        "branching keywords such as anyOf or $ref).",
+    )
+    off_loop_body_bytes: int = Field(
+        64 << 10, ge=0, description="Request bodies at least this long are parsed off the loop."
+    )
+    off_loop_processes: int = Field(
+        1, ge=1, le=64, description="Worker processes (per server process) for that work."
     )
 
 

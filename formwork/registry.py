@@ -11,6 +11,7 @@ then (a promotion, an API update) is never replaced by a file, and a deletion is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -29,7 +30,8 @@ from .digests import digest
 from .errors import InvalidSchema, TaskNotFound, Unavailable
 from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion, Watch
 from .store import Store, StoreDown
-from .validation import Validators, check_task
+from .validation import Validators, check_task, worker_validators
+from .workers import WorkerLost
 
 log = logging.getLogger(__name__)
 REDIS_DOWN = (
@@ -128,6 +130,22 @@ def spec_digest(spec: TaskSpec) -> str:
     return digest(spec.model_dump(mode="json"))
 
 
+def checked(
+    spec: TaskSpec, validators: Validators, *, watch: Watch | None = None
+) -> tuple[str, str]:
+    """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
+    check_task(spec, validators)
+    found = spec_digest(spec)
+    stored = {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
+    if watch is not None:
+        stored["watch"] = watch.model_dump(mode="json")
+    return found, json.dumps(stored)
+
+
+def checked_in_worker(spec: TaskSpec) -> tuple[str, str]:
+    return checked(spec, worker_validators())
+
+
 class Registry:
     def __init__(
         self,
@@ -151,18 +169,9 @@ class Registry:
         self._restore = store.redis.register_script(RESTORE)
         self._register_if = store.redis.register_script(REGISTER_IF)
 
-    def _checked(self, spec: TaskSpec, *, watch: Watch | None = None) -> tuple[str, str]:
-        """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
-        check_task(spec, self._validators)
-        found = spec_digest(spec)
-        stored = {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
-        if watch is not None:
-            stored["watch"] = watch.model_dump(mode="json")
-        return found, json.dumps(stored)
-
     async def put(self, name: str, spec: TaskSpec) -> Registered:
         version, state, _ = await self._apply(self._register, name, spec)
-        return self._registered(name, spec, version, state)
+        return await self._registered(name, spec, version, state)
 
     async def put_if(
         self,
@@ -181,7 +190,7 @@ class Registry:
             if at is None or seq is None or int(at) != current:
                 return None
             version = int(seq) + 1
-            found_digest, blob = self._checked(spec, watch=watch)
+            found_digest, blob = checked(spec, self._validators, watch=watch)
             note = journal(version)
             done = await self._store.call(
                 lambda r: self._register_if(
@@ -196,18 +205,24 @@ class Registry:
         return version if done else None
 
     async def _apply(
-        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str
+        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str, shipped: bool = False
     ) -> tuple[int, int, int]:
-        # Checking, hashing and dumping a large definition takes a while (the meta-schema alone
-        # ~1 ms per property): on the validation thread, so that the event loop keeps serving.
+        # Checking a definition costs ~5 ms per kilobyte (the meta-schema): in a worker process
+        # unless it is off_loop_chars long at most, so that the event loop keeps serving.
+        # Shipped files (a few, of known size) are checked inline: at start-up they are then
+        # listed at once, not after the first worker process has started.
         try:
-            small = len(spec.model_dump_json()) < self._validators.limits.off_loop_chars
+            size = len(spec.model_dump_json())
         except ValueError:  # not JSON text (a lone surrogate): the check refuses it at once
-            small = True
-        if small:  # inline, as fast as a thread hop; shipped tasks are seeded without delay
-            found, blob = self._checked(spec)
+            size = 0
+        small = shipped or size <= self._validators.limits.off_loop_chars
+        if small:
+            found, blob = checked(spec, self._validators)
         else:
-            found, blob = await self._validators.off_loop(self._checked, spec)
+            try:
+                found, blob = await self._validators.off_loop(checked_in_worker, spec)
+            except WorkerLost as e:
+                raise Unavailable(f"the definition could not be checked: {e}") from e
         try:
             reply = await self._store.call(
                 lambda r: script(
@@ -222,13 +237,16 @@ class Registry:
         version, state, *rest = (int(x) for x in reply)
         return version, state, rest[0] if rest else version
 
-    def _registered(self, name: str, spec: TaskSpec, version: int, state: int) -> Registered:
+    async def _registered(self, name: str, spec: TaskSpec, version: int, state: int) -> Registered:
+        warnings = []
+        if self._warn is not None:  # they translate the schema (~50 ms for 250 kB) and walk it
+            warnings = await asyncio.to_thread(self._warn, spec)
         return Registered(
             task=name,
             version=version,
             created=state == 2,
             changed=state in (1, 2),
-            warnings=self._warn(spec) if self._warn else [],
+            warnings=warnings,
         )
 
     async def current(self, name: str) -> Current:
@@ -347,7 +365,9 @@ class Registry:
     async def _load_one(self, file: TaskFile) -> Registered:
         spec = file.spec()
         applied = digest(file.model_dump(mode="json"))
-        version, state, by_file = await self._apply(self._seed, file.name, spec, applied)
+        version, state, by_file = await self._apply(
+            self._seed, file.name, spec, applied, shipped=True
+        )
         if state == 3:
             log.warning(
                 "task %s: %s changed, but version %d was registered after the file's version %d;"
@@ -358,7 +378,7 @@ class Registry:
             log.info("task %s: deleted, its shipped file unchanged: not re-created", file.name)
         else:
             log.info("task %s: version %d%s", file.name, version, "" if state else " (unchanged)")
-        return self._registered(file.name, spec, version, state)
+        return await self._registered(file.name, spec, version, state)
 
     def ship(self, files: list[TaskFile]) -> None:
         """The shipped task files, applied by ``republish`` and re-seeded when Redis loses them."""

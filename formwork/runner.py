@@ -15,12 +15,11 @@ from . import budget, prompts
 from .cache import Cache, Cached, cache_key
 from .candidates import Candidates, Mode, Side
 from .config import Limits
+from .dialects import Translation
 from .digests import canonical
 from .errors import AllRoutesFailed, DeadlineExceeded, Forbidden, InvalidInput, Unavailable
 from .flight import SingleFlight
-from .limits import json_hazards
 from .metrics import Metrics, RequestRecord
-from .parsing import extract_json
 from .protocol import (
     VALID_OUTCOMES,
     Attempt,
@@ -35,10 +34,14 @@ from .protocol import (
 from .providers import Providers
 from .providers.base import ChatRequest, ChatResult, Message, ProviderError
 from .registry import Registry
-from .validation import Validator, Validators, json_path
+from .validation import Validator, Validators, input_problem, input_problem_in_worker
+from .verdicts import Verdict, early, judged, judged_in_worker, unjudged
+from .workers import WorkerLost
 
 RAW_OUTPUT_KEPT = 8192
 DEADLINE_MARGIN_S = 0.05
+REPAIR_WEIGHT = 16  # answers up to off_loop_chars / 16 long are repaired on the event loop
+TRANSLATE_INLINE_CHARS = 8192  # a schema this small is translated on the event loop (~1 ms)
 
 
 @dataclass
@@ -57,39 +60,6 @@ class Run:
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    outcome: Outcome
-    value: JsonValue = None
-    errors: list[ErrorItem] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-
-def judge(result: ChatResult, validator: Validator) -> Verdict:
-    """Name what the model answered: valid, repaired, or how it is wrong. The cost is bounded
-    by ``validator.limits``: answer length, repair length, nesting depth, errors kept."""
-    limits = validator.limits
-    if result.refusal or result.finish_reason == "content_filter":
-        reason = (result.refusal or "content filter")[: limits.error_chars]
-        return Verdict("refusal", errors=[ErrorItem(path="$", message=f"refused: {reason}")])
-    if result.finish_reason == "length":
-        message = "the answer was cut off at max_tokens; answer more briefly"
-        return Verdict("truncated", errors=[ErrorItem(path="$", message=message)])
-    if len(result.text) > limits.answer_chars:
-        message = (
-            f"the answer is {len(result.text)} characters long, over the limit of "
-            f"{limits.answer_chars}; answer more briefly"
-        )
-        return Verdict("invalid_json", errors=[ErrorItem(path="$", message=message)])
-    parsed = extract_json(result.text, repair_chars=limits.repair_chars)
-    if parsed is None:
-        return Verdict("invalid_json", errors=[ErrorItem(path="$", message="no JSON value found")])
-    report = validator.check(parsed.value)
-    if report.errors:
-        return Verdict("schema_violation", errors=report.errors, paths=report.paths)
-    return Verdict("repaired" if parsed.repaired else "valid", value=parsed.value)
 
 
 class Runner:
@@ -206,30 +176,32 @@ class Runner:
 
     async def _check_input(self, task: TaskVersion, value: JsonValue) -> None:
         """422 for an input that is not JSON text (lone surrogates, NaN), nests too deep, or
-        fails the task's ``input_schema``; a large input is checked on the validation thread."""
+        fails the task's ``input_schema``; a large input, or one on a costly schema, is checked
+        in a worker process."""
+        schema = task.input_schema
         try:
-            small = len(canonical(value)) < self.limits.off_loop_chars
-        except (RecursionError, ValueError):
-            small = False
-        if small:
-            self._refuse_input(task, value)
+            chars = len(canonical(value))
+        except (RecursionError, ValueError):  # not JSON text, or too deep: the check says which
+            light = False
         else:
-            await self.validators.off_loop(self._refuse_input, task, value)
-
-    def _refuse_input(self, task: TaskVersion, value: JsonValue) -> None:
-        hazard = next(json_hazards(value, max_depth=self.limits.json_depth), None)
-        if hazard is not None:
-            path, message = hazard
-            raise InvalidInput(
-                "the input is not valid JSON",
-                errors=[{"path": json_path(("input", *path)), "message": message}],
-            )
-        errors = self.input_errors(task, value)
-        if errors:
-            raise InvalidInput(
-                f"the input does not match task {task.name!r}'s input_schema",
-                errors=[e.model_dump() for e in errors],
-            )
+            if schema is None:
+                light = chars <= self.limits.off_loop_chars
+            else:
+                light = self.validators.get(schema).light(chars)
+        if light:
+            problem = input_problem(task.name, schema, value, self.validators)
+        else:
+            try:
+                problem = await self.validators.off_loop(
+                    input_problem_in_worker, task.name, schema, value
+                )
+            except WorkerLost as e:
+                raise InvalidInput(
+                    "the input could not be validated",
+                    errors=[{"path": "$.input", "message": str(e)}],
+                ) from e
+        if problem is not None:
+            raise problem
 
     def _sample(self, task: TaskVersion, options: RunOptions) -> Mode | None:
         """Whether this request is one of the candidate's comparisons (never when the caller
@@ -343,8 +315,9 @@ class Runner:
         """One route, one input: up to ``max_attempts`` calls (re-asking with the validation
         errors); the valid output, or None to fall back. Every attempt lands in ``run``."""
         validator = self.validators.get(run.task.output_schema)
-        engine_schema = validator.translation.schema if route.constrained else None
-        max_tokens = route.max_tokens or budget.default_max_tokens(validator.translation.schema)
+        translation = await self._translation(validator)
+        engine_schema = translation.schema if route.constrained else None
+        max_tokens = route.max_tokens or budget.default_max_tokens(translation.schema)
         messages = self._messages(run.task, route, value)
         static = len(messages) - 1  # everything before the input
         try:
@@ -384,10 +357,12 @@ class Runner:
                 if await self._waited(run, e, more=n < route.max_attempts):
                     continue
                 return None
-            if len(result.text) < self.limits.off_loop_chars:
-                verdict = judge(result, validator)
-            else:  # a long answer: off the event loop, so that it keeps serving
-                verdict = await self.validators.off_loop(judge, result, validator)
+            try:
+                verdict = await self._judge(result, validator)
+            except asyncio.CancelledError as e:  # the deadline or the client cut the validation
+                why = str(e.args[0]) if e.args else "the request deadline ended the validation"
+                self._record(run, _attempt(route, "timeout", why, t0, usage=result.usage), n=n)
+                raise
             attempt = _attempt(route, verdict.outcome, verdict.errors, t0, usage=result.usage)
             self._record(run, attempt, n=n, paths=verdict.paths, raw=result.text)
             if verdict.outcome in VALID_OUTCOMES:
@@ -400,6 +375,33 @@ class Runner:
                 if verdict.outcome == "truncated":
                     max_tokens = budget.larger(max_tokens)
         return None
+
+    async def _translation(self, validator: Validator) -> Translation:
+        """The schema's 2020-12 form, made once per schema: a large one on a thread (a deep
+        copy of a 250 kB schema takes ~50 ms)."""
+        if "translation" in validator.__dict__ or validator.size <= TRANSLATE_INLINE_CHARS:
+            return validator.translation
+        return await asyncio.to_thread(lambda: validator.translation)
+
+    async def _judge(self, result: ChatResult, validator: Validator) -> Verdict:
+        """The verdict on an answer. A long one, one on a costly schema, or one that needs
+        lenient repair is parsed and validated in a worker process, so that the event loop
+        keeps serving and the deadline can stop the work."""
+        verdict = early(result, validator)
+        if verdict is not None:
+            return verdict
+        chars = len(result.text)
+        if validator.light(chars):  # lenient repair is slow (200 ms for 900 characters)
+            repair = chars * REPAIR_WEIGHT <= self.limits.off_loop_chars
+            verdict = judged(result.text, validator, repair=repair)
+            if verdict is not None:
+                return verdict
+        try:
+            return await self.validators.off_loop(
+                judged_in_worker, validator.digest, validator.schema, result.text
+            )
+        except WorkerLost as e:
+            return unjudged(str(e))
 
     async def _waited(self, run: Run, error: ProviderError, *, more: bool) -> bool:
         """After a failed call: wait out a short ``Retry-After`` when another attempt may follow."""

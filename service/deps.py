@@ -20,6 +20,7 @@ from formwork.providers import Providers
 from formwork.registry import Registry
 from formwork.runner import Runner
 from formwork.store import Store
+from formwork.validation import Validators
 from training.assembly import Services
 from training.jobs import JobManager
 from training.launcher import Launcher
@@ -41,6 +42,11 @@ def _state(request: Request) -> AppState:
 
 async def get_core(request: Request) -> Core:
     return _state(request).services.core
+
+
+def validators_of(request: Request) -> Validators:
+    """The validators and their worker processes (also used outside dependencies)."""
+    return _state(request).services.core.validators
 
 
 async def get_registry(request: Request) -> Registry:

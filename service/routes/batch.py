@@ -13,10 +13,11 @@ from formwork.batch import run_batch, summary
 from formwork.errors import InvalidInput
 from formwork.protocol import BatchJob, BatchPage, BatchRequest, BatchResult
 
+from ..bodies import OffLoopBody
 from ..deps import BatchesDep, CanRun, RunnerDep, SettingsDep, TaskName
 from ..openapi import problems
 
-router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[CanRun])
+router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[CanRun], route_class=OffLoopBody)
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines")
 
 

@@ -21,6 +21,7 @@ from formwork.protocol import (
 )
 from formwork.stats import Window, task_stats
 
+from ..bodies import OffLoopBody
 from ..deps import (
     CandidatesDep,
     CanRead,
@@ -35,7 +36,7 @@ from ..deps import (
 from ..disconnects import ClientGone, unless_disconnected
 from ..openapi import problems
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], route_class=OffLoopBody)
 CLIENT_CLOSED = 499  # the client closed the request (nginx's code); never seen by a client
 
 
