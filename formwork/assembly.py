@@ -21,11 +21,14 @@ from .cache import Cache
 from .config import LOCAL_PROVIDER, Settings
 from .errors import Unavailable
 from .flight import SingleFlight
+from .guard import Guard
 from .metrics import Metrics
+from .prices import Prices
 from .protocol import TaskFile
 from .providers import Providers
 from .providers.base import Provider
 from .registry import Registry, read_task_files
+from .retirement import Retirements
 from .runner import Runner
 from .store import Store
 from .validation import Validators
@@ -45,6 +48,7 @@ class Core:
     metrics: Metrics
     runner: Runner
     batches: BatchJobs
+    guard: Guard
 
 
 async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
@@ -134,8 +138,16 @@ async def open_core(
             embedded = local
         providers = Providers.from_settings(settings, local=embedded, unavailable=unavailable)
         stack.push_async_callback(providers.aclose)
+        retirements = Retirements(
+            settings.retirements,
+            warning_days=settings.retirement_warning_days,
+            openai_provider=settings.training.openai_provider,
+        )
         registry = Registry(
-            store, validators, refresh_s=settings.registry_refresh_s, warn=providers.warnings
+            store,
+            validators,
+            refresh_s=settings.registry_refresh_s,
+            warn=lambda spec: providers.warnings(spec) + retirements.warnings(spec),
         )
         cache = Cache(store)
         metrics = Metrics(
@@ -143,14 +155,16 @@ async def open_core(
             flush_s=settings.metrics_flush_s if record else NO_FLUSH_S,
             failures_kept=settings.failures_kept,
             request_log_kept=settings.request_log_kept if record else 0,
+            prices=Prices(settings.training.prices),
         )
         if record:
             stack.push_async_callback(metrics.flush)
-        runner = _runner(settings, store, registry, providers, cache, metrics, validators)
+        guard = Guard(registry, metrics, retirements, refresh_s=settings.format_budget_refresh_s)
+        runner = _runner(settings, store, registry, providers, cache, metrics, validators, guard)
         batches = BatchJobs(store, runner, concurrency=settings.batch_concurrency)
         stack.push_async_callback(batches.aclose)
         core = Core(
-            settings, store, validators, providers, registry, cache, metrics, runner, batches
+            settings, store, validators, providers, registry, cache, metrics, runner, batches, guard
         )
         if background:
             start_background(stack, core)
@@ -165,6 +179,7 @@ def _runner(
     cache: Cache,
     metrics: Metrics,
     validators: Validators,
+    guard: Guard,
 ) -> Runner:
     return Runner(
         registry,
@@ -176,6 +191,7 @@ def _runner(
         deadline_s=settings.request_deadline_s,
         retry_after_max_s=settings.retry_after_max_s,
         limits=settings.limits,
+        guard=guard,
     )
 
 
@@ -191,15 +207,17 @@ def unrecorded_runner(core: Core) -> Runner:
         core.cache,
         metrics,
         core.validators,
+        core.guard,
     )
 
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:
-    """The server's upkeep: shipped and known tasks kept registered, metrics flushed, batches
-    resumed."""
+    """The server's upkeep: shipped and known tasks kept registered, metrics flushed, format
+    budgets and retirement gauges refreshed, batches resumed."""
     settings = core.settings
     files = read_task_files(settings.schemas_dir) if settings.schemas_dir.is_dir() else []
     check_s = max(settings.redis_retry_s, 1.0)
     _in_background(stack, lambda: keep_registered(core.registry, files, check_s))
     _in_background(stack, core.metrics.flush_forever)
+    _in_background(stack, core.guard.refresh_forever)
     _in_background(stack, core.batches.resume_forever)

@@ -7,6 +7,7 @@ named ``openai``; routes then name models as ``openai/<model-id>``.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -133,6 +134,11 @@ class TrainingSettings(BaseModel):
         default_factory=dict,
         description="Prices by model-name prefix; added to the built-in table.",
     )
+    openai_jobs_end: date | None = Field(
+        date(2027, 1, 6),
+        description="When OpenAI stops accepting new fine-tuning jobs (announced); starting one "
+        "warns from `retirement_warning_days` before it.",
+    )
     poll_interval_s: float = Field(10.0, gt=0, description="How often the CLI polls a job.")
     harvest_limit: int = Field(10000, ge=1, description="Logged runs read at most per harvest.")
 
@@ -208,6 +214,18 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(4, ge=1, description="Inputs of one batch run at once.")
     failures_kept: int = Field(1000, ge=10, description="Recent failed attempts kept per task.")
     request_log_kept: int = Field(10000, ge=0, description="Successful runs kept per task.")
+    retirements: dict[str, date] = Field(
+        default_factory=dict,
+        description="Announced shutdown dates by model ref (`provider/model-id`; a key also "
+        "covers the refs that continue it after a colon, as fine-tunes do); added to the "
+        "built-in table.",
+    )
+    retirement_warning_days: int = Field(
+        30, ge=0, description="Warn this many days before a route's model retires."
+    )
+    format_budget_refresh_s: float = Field(
+        5.0, gt=0, description="How often each replica re-reads the figures of format budgets."
+    )
     limits: Limits = Field(default_factory=Limits)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

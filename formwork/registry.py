@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 from . import keys
 from .digests import digest
 from .errors import InvalidSchema, TaskNotFound, Unavailable
-from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion
+from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion, digest_form
 from .store import Store, StoreDown
 from .validation import Validators, check_task
 
@@ -97,7 +97,7 @@ class Current:
 
 
 def spec_digest(spec: TaskSpec) -> str:
-    return digest(spec.model_dump(mode="json"))
+    return digest(digest_form(spec))
 
 
 class Registry:
@@ -285,7 +285,7 @@ class Registry:
 
     async def _load_one(self, file: TaskFile) -> Registered:
         spec = file.spec()
-        applied = digest(file.model_dump(mode="json"))
+        applied = digest(digest_form(file))
         version, state, by_file = await self._apply(self._seed, file.name, spec, applied)
         if state == 3:
             log.warning(

@@ -15,17 +15,25 @@ from pydantic import JsonValue
 
 from formwork.config import Settings
 from formwork.errors import FormworkError, TaskNotFound
+from formwork.guard import Guard
 from formwork.metrics import Metrics
-from formwork.protocol import ErrorItem, FinetuneJob, TaskStats, TaskSummary, TaskVersion
+from formwork.protocol import (
+    BudgetStatus,
+    ErrorItem,
+    FinetuneJob,
+    TaskStats,
+    TaskSummary,
+    TaskVersion,
+)
 from formwork.registry import Registry
 from formwork.stats import WINDOWS, Series, stats_of, task_series, window_buckets
 from formwork.windows import WindowSums
-from training.cost import Tables
 from training.jobs import JobManager
 
 from .views import (
     FailureView,
     OverviewRow,
+    RetirementRow,
     Stage,
     TaxRow,
     chart_data,
@@ -33,6 +41,7 @@ from .views import (
     format_tax,
     funnel,
     overview_row,
+    retirement_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,8 @@ class TaskPage:
     series: Series
     funnel: list[Stage]
     tax: list[TaxRow]
+    budget: BudgetStatus | None
+    retirements: list[RetirementRow]
     charts: dict[str, JsonValue]
     threshold: float
     examples: dict[tuple[str, str], ErrorItem]  # (model, path) -> the newest such error
@@ -68,13 +79,14 @@ class Board:
         jobs: JobManager,
         settings: Settings,
         windows: WindowSums,
+        guard: Guard,
     ) -> None:
         self._windows = windows
+        self._guard = guard
         self._registry = registry
         self._metrics = metrics
         self._jobs = jobs
         self._settings = settings
-        self._tables = Tables(settings.training)
 
     async def overview(self, window: str) -> list[OverviewRow]:
         window_buckets(window)  # an unknown window is a 422 before any read
@@ -99,13 +111,16 @@ class Board:
         for record in await self._metrics.failures(name, FAILURES_READ):
             for error in record.errors:
                 examples.setdefault((record.model, error.path), error)
+        stats = stats_of(name, window, series.total, prices=self._metrics.prices)
         return TaskPage(
             task=task,
             window=window,
-            stats=stats_of(name, window, series.total),
+            stats=stats,
             series=series,
             funnel=funnel(series.total),
-            tax=format_tax(series.total, self._tables),
+            tax=format_tax(stats),
+            budget=await self._guard.status(task),
+            retirements=retirement_rows(task, self._guard.retirements),
             charts=chart_data(series, markers),
             threshold=self._settings.ui.threshold(name),
             examples=examples,
