@@ -159,7 +159,14 @@ async def open_core(
         )
         if record:
             stack.push_async_callback(metrics.flush)
-        guard = Guard(registry, metrics, retirements, refresh_s=settings.format_budget_refresh_s)
+        guard = Guard(
+            registry,
+            metrics,
+            retirements,
+            refresh_s=settings.format_budget_refresh_s,
+            shutdowns=providers.shutdowns if settings.retirement_check_s else None,
+            shutdowns_every_s=settings.retirement_check_s or 3600.0,
+        )
         runner = _runner(settings, store, registry, providers, cache, metrics, validators, guard)
         batches = BatchJobs(store, runner, concurrency=settings.batch_concurrency)
         stack.push_async_callback(batches.aclose)

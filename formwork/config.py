@@ -223,6 +223,12 @@ class Settings(BaseSettings):
     retirement_warning_days: int = Field(
         30, ge=0, description="Warn this many days before a route's model retires."
     )
+    retirement_check_s: float = Field(
+        3600.0,
+        ge=0,
+        description="How often each replica reads the providers' model lists for shutdown "
+        "dates (0: never).",
+    )
     format_budget_refresh_s: float = Field(
         5.0, gt=0, description="How often each replica re-reads the figures of format budgets."
     )

@@ -3,14 +3,18 @@ over an enforced format budget, only the first (its fallbacks are skipped).
 
 The run path only reads what this replica already holds: each task's budget status is computed
 from the counters every ``refresh_s`` in the background (and whenever the task's stats are read),
-never per request. The same refresh sets the Prometheus gauges
+never per request; the providers' model lists are read for shutdown dates every hour. The same
+refresh sets the Prometheus gauges
 ``formwork_format_budget_exceeded{task,limit}`` and ``formwork_route_retires_in_days{task,model}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .errors import FormworkError
@@ -41,11 +45,15 @@ class Guard:
         retirements: Retirements,
         *,
         refresh_s: float,
+        shutdowns: Callable[[], Awaitable[dict[str, dt.date]]] | None = None,
+        shutdowns_every_s: float = 3600.0,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self.retirements = retirements
         self._refresh_s = refresh_s
+        self._shutdowns = shutdowns
+        self._shutdowns_every_s = shutdowns_every_s
         self._status: dict[str, BudgetStatus] = {}
         self._budget_labels: set[tuple[str, str]] = set()
         self._retire_labels: set[tuple[str, str]] = set()
@@ -118,10 +126,20 @@ class Guard:
             prometheus.retires_in_days.remove(*labels)
         self._budget_labels, self._retire_labels = budget_labels, retire_labels
 
+    async def check_shutdowns(self) -> None:
+        """Take the shutdown dates the providers' model lists report."""
+        if self._shutdowns is not None:
+            self.retirements.reported(await self._shutdowns())
+
     async def refresh_forever(self) -> None:
-        """Refresh every ``refresh_s``; the assembly cancels it."""
+        """Refresh every ``refresh_s``, and the reported shutdown dates every
+        ``shutdowns_every_s``; the assembly cancels it."""
+        checked = -self._shutdowns_every_s
         while True:
             try:
+                if time.monotonic() - checked >= self._shutdowns_every_s:
+                    checked = time.monotonic()
+                    await self.check_shutdowns()
                 await self.refresh()
             except Exception:  # a bug here must not stop the refreshes
                 log.exception("format budget refresh failed")

@@ -1,7 +1,8 @@
 """Model retirement: the dates providers have announced a model stops serving.
 
 A route's date is its own ``retires_on``, else the table's: the built-in announcements (under
-the OpenAI provider's name) with ``Settings.retirements`` laid over them. A key is a model ref
+the OpenAI provider's name), the dates the providers' model lists report, and
+``Settings.retirements``, each laid over the one before. A key is a model ref
 (``provider/model-id``) and also covers the refs that continue it after a colon, as fine-tunes
 do: ``openai/ft:gpt-4o-mini-2024-07-18`` covers ``openai/ft:gpt-4o-mini-2024-07-18:acme:x:1``.
 From ``warning_days`` before its date a route is warned about (registration answer, dashboard,
@@ -39,12 +40,18 @@ class Retirements:
         openai_provider: str = "openai",
         today: Callable[[], dt.date] = utc_today,
     ) -> None:
-        announced = {f"{openai_provider}/{m}": d for m, d in OPENAI_RETIREMENTS.items()}
-        self.table = {**announced, **(table or {})}
+        self._announced = {f"{openai_provider}/{m}": d for m, d in OPENAI_RETIREMENTS.items()}
+        self._configured = dict(table or {})
+        self.table = {**self._announced, **self._configured}
         self.openai_provider = openai_provider
         self.warning_days = warning_days
         self.today = today
         self._said: set[tuple[str, str]] = set()
+
+    def reported(self, dates: Mapping[str, dt.date]) -> None:
+        """Dates the providers' model lists report, by model ref: over the built-in ones, under
+        the configured ones."""
+        self.table = {**self._announced, **dates, **self._configured}
 
     def date_of(self, route: Route) -> dt.date | None:
         """The route's own date, else the table's for its model."""

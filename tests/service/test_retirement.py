@@ -167,3 +167,43 @@ def test_later_fields_leave_an_old_definitions_digest_alone() -> None:
         "enforce": True,
     }
     assert form["routes"][0]["retires_on"] == "2030-01-01"  # type: ignore[index,call-overload]
+
+
+async def test_dates_the_model_list_reports_are_taken(
+    settings: Settings, upstream: Upstream, unique_name: str
+) -> None:
+    from formwork.assembly import open_core
+
+    today = utc_today()
+    soon, gone = today + dt.timedelta(days=5), today - dt.timedelta(days=2)
+    upstream.list_model("primary", shutdown_date=soon.isoformat())
+    at_noon = dt.datetime.combine(gone, dt.time(12), dt.UTC).timestamp()
+    upstream.list_model("old", deprecation_date=int(at_noon))  # a Unix time
+    upstream.list_model("backup", shutdown_date="not a date")  # ignored, as an absent one
+    async with open_core(settings, local="skip", record=False) as core:
+        await core.guard.check_shutdowns()
+        spec_ = TaskSpec.model_validate(spec("up/old", "up/primary", "up/backup"))
+        registered = await core.registry.put(unique_name, spec_)
+        assert registered.warnings == [
+            f"route 'up/old': its model retired on {gone}, so the route is skipped",
+            f"route 'up/primary': its model retires on {soon} (5 days from now); the route is "
+            "skipped from that day: register a replacement",
+        ]
+        task = await core.registry.get(unique_name)
+        plan = core.guard.plan(task, task.routes)
+        assert [r.model for r in plan.routes] == ["up/primary", "up/backup"]
+        assert [r.model for r in plan.retired] == ["up/old"]
+        # a configured date wins over a reported one
+        configured = Retirements({"up/primary": soon + dt.timedelta(days=100)})
+        configured.reported({"up/primary": soon})
+        assert configured.date_of(Route(model="up/primary")) == soon + dt.timedelta(days=100)
+
+
+async def test_a_model_list_that_fails_gives_no_dates(settings: Settings) -> None:
+    from formwork.assembly import open_core
+    from formwork.config import ProviderSettings
+
+    dead = ProviderSettings(base_url="http://127.0.0.1:9/v1")  # nothing listens on port 9
+    broken = settings.model_copy(update={"providers": {**settings.providers, "gone": dead}})
+    async with open_core(broken, local="skip", record=False) as core:
+        assert await core.providers.shutdowns() == {}
