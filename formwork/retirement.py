@@ -40,9 +40,9 @@ class Retirements:
         openai_provider: str = "openai",
         today: Callable[[], dt.date] = utc_today,
     ) -> None:
-        self._announced = {f"{openai_provider}/{m}": d for m, d in OPENAI_RETIREMENTS.items()}
-        self._configured = dict(table or {})
-        self.table = {**self._announced, **self._configured}
+        announced = {f"{openai_provider}/{m}": d for m, d in OPENAI_RETIREMENTS.items()}
+        # looked up in order: configured, reported by the providers, announced
+        self.layers: list[dict[str, dt.date]] = [dict(table or {}), {}, announced]
         self.openai_provider = openai_provider
         self.warning_days = warning_days
         self.today = today
@@ -51,16 +51,20 @@ class Retirements:
     def reported(self, dates: Mapping[str, dt.date]) -> None:
         """Dates the providers' model lists report, by model ref: over the built-in ones, under
         the configured ones."""
-        self.table = {**self._announced, **dates, **self._configured}
+        self.layers[1] = dict(dates)
 
     def date_of(self, route: Route) -> dt.date | None:
         """The route's own date, else the table's for its model."""
         return route.retires_on or self.date_of_model(route.model)
 
     def date_of_model(self, ref: str) -> dt.date | None:
-        """The table's date for a model ref (the longest key that covers it wins)."""
-        keys = [k for k in self.table if ref == k or ref.startswith(k + ":")]
-        return self.table[max(keys, key=len)] if keys else None
+        """The date for a model ref: from the first layer with a key that covers it (there, the
+        longest such key)."""
+        for layer in self.layers:
+            keys = [k for k in layer if ref == k or ref.startswith(k + ":")]
+            if keys:
+                return layer[max(keys, key=len)]
+        return None
 
     def days_left(self, route: Route) -> int | None:
         """Days until the route's model retires (0 on the day, negative after); None: no date."""

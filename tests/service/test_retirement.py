@@ -195,8 +195,9 @@ async def test_dates_the_model_list_reports_are_taken(
         assert [r.model for r in plan.retired] == ["up/old"]
         # a configured date wins over a reported one
         configured = Retirements({"up/primary": soon + dt.timedelta(days=100)})
-        configured.reported({"up/primary": soon})
+        configured.reported({"up/primary": soon, "up/primary:x": soon})
         assert configured.date_of(Route(model="up/primary")) == soon + dt.timedelta(days=100)
+        assert configured.date_of(Route(model="up/primary:x")) == soon + dt.timedelta(days=100)
 
 
 async def test_a_model_list_that_fails_gives_no_dates(settings: Settings) -> None:
