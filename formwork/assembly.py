@@ -35,6 +35,7 @@ from .validation import Validators
 
 log = logging.getLogger(__name__)
 NO_FLUSH_S = 365 * 86400.0  # metrics that are never flushed (evaluation stays out of stats)
+CANCEL_AGAIN_S = 0.5  # a background task still running this long after a cancel gets another
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,11 @@ async def keep_registered(registry: Registry, files: list[TaskFile], check_s: fl
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    """Cancel ``task`` until it ends: a cancellation that lands in a call with a timeout of its
+    own (Redis, HTTP) can come back as that timeout, handled, and the loop would go on."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_AGAIN_S)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
