@@ -7,6 +7,7 @@ named ``openai``; routes then name models as ``openai/<model-id>``.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -149,6 +150,11 @@ class TrainingSettings(BaseModel):
         default_factory=dict,
         description="Prices by model-name prefix; added to the built-in table.",
     )
+    openai_jobs_end: date | None = Field(
+        date(2027, 1, 6),
+        description="When OpenAI stops accepting new fine-tuning jobs (announced); starting one "
+        "warns from `retirement_warning_days` before it.",
+    )
     poll_interval_s: float = Field(10.0, gt=0, description="How often the CLI polls a job.")
     harvest_limit: int = Field(10000, ge=1, description="Logged runs read at most per harvest.")
 
@@ -228,6 +234,24 @@ class Settings(BaseSettings):
         None,
         description="Seed of the sampling that picks requests for a task's candidate: the same "
         "seed picks the same requests (tests, reproducible runs); None draws from the system.",
+    )
+    retirements: dict[str, date] = Field(
+        default_factory=dict,
+        description="Announced shutdown dates by model ref (`provider/model-id`; a key also "
+        "covers the refs that continue it after a colon, as fine-tunes do); added to the "
+        "built-in table.",
+    )
+    retirement_warning_days: int = Field(
+        30, ge=0, description="Warn this many days before a route's model retires."
+    )
+    retirement_check_s: float = Field(
+        3600.0,
+        ge=0,
+        description="How often each replica reads the providers' model lists for shutdown "
+        "dates (0: never).",
+    )
+    format_budget_refresh_s: float = Field(
+        5.0, gt=0, description="How often each replica re-reads the figures of format budgets."
     )
     limits: Limits = Field(default_factory=Limits)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
@@ -53,6 +54,10 @@ class Route(Strict):
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int | None = Field(
         None, ge=1, le=32768, description="Default: scaled with the output schema's size."
+    )
+    retires_on: date | None = Field(
+        None,
+        description="The provider's announced shutdown date: warned about ahead, skipped from it.",
     )
 
 
@@ -136,6 +141,27 @@ class Candidate(Strict):
     rule: PromotionRule = Field(default_factory=PromotionRule)
 
 
+BudgetLimitName = Literal["max_extra_tokens_per_request", "max_fallback_share"]
+
+
+class FormatBudget(Strict):
+    """What the format tax may cost a task (README, "The format tax and its budget")."""
+
+    max_extra_tokens_per_request: float | None = Field(
+        None, ge=0, description="Mean format-tax tokens per request that reached a model."
+    )
+    max_fallback_share: float | None = Field(
+        None, ge=0, le=1, description="Share of requests that reached a model and fell back."
+    )
+    window: Literal["15m", "1h", "24h"] = Field("1h", description="Measured over this window.")
+    min_requests: int = Field(
+        20, ge=1, description="Fewer requests in the window are never over the budget."
+    )
+    enforce: bool = Field(
+        False, description="While over the budget, skip the fallback routes (the first is tried)."
+    )
+
+
 class TaskSpec(Strict):
     """The body of ``PUT /v1/tasks/{task}`` and of a file in ``schemas/``."""
 
@@ -160,6 +186,29 @@ class TaskSpec(Strict):
                 "a candidate must be a model the task does not route to"
             )
         return candidate
+    format_budget: FormatBudget | None = None
+
+
+# Fields added after definitions were first stored: left out of a definition's digest while
+# unset, so that a definition registered before them keeps its digest (and its version).
+LATER_TASK_FIELDS = frozenset({"candidate", "format_budget"})
+LATER_ROUTE_FIELDS = frozenset({"retires_on"})
+
+
+def digest_form(spec: TaskSpec) -> dict[str, JsonValue]:
+    """The definition as its digest sees it (JSON, the later fields dropped while unset)."""
+    form = spec.model_dump(mode="json")
+    for name in LATER_TASK_FIELDS:
+        if form.get(name) is None:
+            form.pop(name, None)
+    routes = form.get("routes")
+    if isinstance(routes, list):
+        for route in routes:
+            if isinstance(route, dict):
+                for name in LATER_ROUTE_FIELDS:
+                    if route.get(name) is None:
+                        route.pop(name, None)
+    return form
 
 
 class TaskFile(TaskSpec):
@@ -269,6 +318,44 @@ class RunResult(Model):
     request_id: str
 
 
+class FormatTax(Model):
+    """What re-asks and fallbacks cost beyond one valid first attempt: every attempt of a
+    request except its first attempt when that one's output was used."""
+
+    attempts: int = Field(0, description="Attempts counted in the tax.")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ms: int = Field(0, description="Milliseconds those attempts took.")
+    usd: float | None = Field(
+        0.0, description="Their price; None when a model in them has no known price."
+    )
+    tokens_per_request: float | None = Field(
+        None, description="Means over the requests that reached a model (cache hits left out)."
+    )
+    ms_per_request: float | None = None
+    usd_per_request: float | None = None
+
+
+class BudgetFigure(Model):
+    limit: BudgetLimitName
+    bound: float
+    value: float | None = Field(description="The window's figure; None with no requests.")
+    exceeded: bool
+
+
+class BudgetStatus(Model):
+    """A task's format budget against its window's figures."""
+
+    window: str
+    requests: int = Field(description="Requests in the window that reached a model.")
+    min_requests: int
+    over_budget: bool
+    exceeded: list[BudgetLimitName] = Field(default_factory=list)
+    figures: list[BudgetFigure] = Field(default_factory=list)
+    enforce: bool
+    enforced: bool = Field(description="Over the budget and enforced: fallbacks are skipped.")
+
+
 class ModelStats(Model):
     requests: int = Field(0, description="Requests served (finally) by this model.")
     attempts: int = 0
@@ -286,6 +373,7 @@ class ModelStats(Model):
     failing_paths: list[tuple[str, int]] = Field(default_factory=list)
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
+    format_tax: FormatTax = Field(default_factory=FormatTax)
 
 
 class TaskStats(Model):
@@ -302,6 +390,10 @@ class TaskStats(Model):
     latency_ms_p95: float | None = None
     total: ModelStats
     models: dict[str, ModelStats]
+    format_tax: FormatTax = Field(default_factory=FormatTax, description="Every model's.")
+    format_budget: BudgetStatus | None = Field(
+        None, description="The task's format budget, over the budget's own window."
+    )
 
 
 class FailureRecord(Model):

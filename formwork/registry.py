@@ -28,7 +28,15 @@ from redis.commands.core import AsyncScript
 from . import keys
 from .digests import digest
 from .errors import InvalidSchema, TaskNotFound, Unavailable
-from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion, Watch
+from .protocol import (
+    Registered,
+    TaskFile,
+    TaskSpec,
+    TaskSummary,
+    TaskVersion,
+    Watch,
+    digest_form,
+)
 from .store import Store, StoreDown
 from .validation import Validators, check_task, worker_validators
 from .workers import WorkerLost
@@ -127,7 +135,7 @@ class Current:
 
 
 def spec_digest(spec: TaskSpec) -> str:
-    return digest(spec.model_dump(mode="json"))
+    return digest(digest_form(spec))
 
 
 def checked(
@@ -364,7 +372,7 @@ class Registry:
 
     async def _load_one(self, file: TaskFile) -> Registered:
         spec = file.spec()
-        applied = digest(file.model_dump(mode="json"))
+        applied = digest(digest_form(file))
         version, state, by_file = await self._apply(
             self._seed, file.name, spec, applied, shipped=True
         )

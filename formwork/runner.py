@@ -19,10 +19,12 @@ from .dialects import Translation
 from .digests import canonical
 from .errors import AllRoutesFailed, DeadlineExceeded, Forbidden, InvalidInput, Unavailable
 from .flight import SingleFlight
+from .guard import Guard, Plan
 from .metrics import Metrics, RequestRecord
 from .protocol import (
     VALID_OUTCOMES,
     Attempt,
+    BudgetStatus,
     ErrorItem,
     Outcome,
     Route,
@@ -75,9 +77,11 @@ class Runner:
         deadline_s: float,
         retry_after_max_s: float,
         limits: Limits | None = None,
+        guard: Guard | None = None,
         candidates: Candidates | None = None,
     ) -> None:
         self.registry = registry
+        self.guard = guard
         self.providers = providers
         self.cache = cache
         self.flights = flights
@@ -281,7 +285,12 @@ class Runner:
         return Run(task, request_id, time.monotonic() + self.deadline_s)
 
     async def _execute(self, run: Run, chain: list[Route], value: JsonValue) -> Cached:
+        plan = self.guard.plan(run.task, chain) if self.guard else Plan(chain)
+        chain, skipped = plan.routes, []
         for index, route in enumerate(chain):
+            if index and plan.over_budget is not None:  # an enforced budget: no fallback
+                skipped = chain[index:]
+                break
             run.fell_back = run.fell_back or index > 0
             output = await self.try_route(run, route, value)
             if output is not None:
@@ -300,6 +309,18 @@ class Runner:
                 "every model is rate limited or busy; retry later",
                 retry_after=min(run.retry_after or 1.0, self.limits.retry_after_s),
                 attempts=[a.model_dump() for a in run.attempts],
+            )
+        if skipped and plan.over_budget is not None:
+            if self.guard:
+                self.guard.skipped_fallbacks(run.task.name, skipped)
+            raise _over_budget(run, skipped, plan.over_budget)
+        if not chain:
+            retired = ", ".join(f"{r.model!r}" for r in plan.retired)
+            raise AllRoutesFailed(
+                f"every route of task {run.task.name!r} has retired ({retired}): "
+                "register a replacement route",
+                attempts=[],
+                retired=[r.model for r in plan.retired],
             )
         raise AllRoutesFailed(
             f"no route produced output valid for task {run.task.name!r}",
@@ -432,7 +453,9 @@ class Runner:
         if not run.recorded:
             return
         task = run.task.name
-        self.metrics.attempt(task, attempt, first=n == 1, reask=n > 1, paths=paths or [])
+        # the format tax: every attempt but a request's first one whose output was used
+        tax = len(run.attempts) > 1 or attempt.outcome not in VALID_OUTCOMES
+        self.metrics.attempt(task, attempt, first=n == 1, reask=n > 1, paths=paths or [], tax=tax)
         if attempt.outcome not in ("valid", "repaired"):
             self.metrics.streams.failure(
                 task,
@@ -446,6 +469,20 @@ class Runner:
 def _leading(attempts: list[Attempt], model: str) -> list[Attempt]:
     """The attempts one route made at the start of ``attempts``."""
     return list(itertools.takewhile(lambda a: a.model == model, attempts))
+
+
+def _over_budget(run: Run, skipped: list[Route], status: BudgetStatus) -> AllRoutesFailed:
+    over = ", ".join(
+        f"{f.limit} {f.value:g} > {f.bound:g}" for f in status.figures if f.exceeded and f.value
+    )
+    models = ", ".join(repr(r.model) for r in skipped)
+    return AllRoutesFailed(
+        f"the first route gave no valid output, and task {run.task.name!r} is over its format "
+        f"budget ({over}, over {status.window}): its fallback routes ({models}) were skipped",
+        attempts=[a.model_dump() for a in run.attempts],
+        skipped=[r.model for r in skipped],
+        format_budget=status.model_dump(mode="json"),
+    )
 
 
 def _ended_repaired(attempts: list[Attempt]) -> bool:

@@ -14,6 +14,7 @@ from formwork.auth import Keys
 from formwork.batches import BatchJobs
 from formwork.candidates import Candidates
 from formwork.config import Scope, Settings
+from formwork.guard import Guard
 from formwork.metrics import Metrics
 from formwork.protocol import TASK_NAME
 from formwork.providers import Providers
@@ -61,6 +62,10 @@ async def get_metrics(request: Request) -> Metrics:
     return _state(request).services.core.metrics
 
 
+async def get_guard(request: Request) -> Guard:
+    return _state(request).services.core.guard
+
+
 async def get_store(request: Request) -> Store:
     return _state(request).services.core.store
 
@@ -99,6 +104,7 @@ KeysDep = Annotated[Keys, Depends(get_keys)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
+GuardDep = Annotated[Guard, Depends(get_guard)]
 ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]

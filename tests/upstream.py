@@ -233,6 +233,7 @@ class Upstream:
         with self._lock:
             self._queues: dict[str, deque[Reply]] = {}
             self._defaults: dict[str, Reply] = {}
+            self._model_fields: dict[str, dict[str, Any]] = {}
             self._calls: dict[str, int] = {}
             self._job_scripts: deque[JobScript] = deque()
             self._serials: dict[str, int] = {}
@@ -254,6 +255,11 @@ class Upstream:
                 self._defaults.pop(model, None)
             else:
                 self._defaults[model] = Reply(content=reply) if isinstance(reply, str) else reply
+
+    def list_model(self, model: str, **fields: Any) -> None:
+        """List ``model`` in ``/v1/models`` with these extra fields (``shutdown_date``...)."""
+        with self._lock:
+            self._model_fields[model] = fields
 
     def calls(self, model: str | None = None) -> int:
         """Chat completion requests received, for one model or in all."""
@@ -408,8 +414,13 @@ class Upstream:
 
     async def _models(self, request: Request) -> Response:
         with self._lock:
-            names = sorted((set(self._queues) | set(self._defaults)) - {ANY_MODEL})
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": ORGANIZATION} for n in names]
+            listed = set(self._queues) | set(self._defaults) | set(self._model_fields)
+            names = sorted(listed - {ANY_MODEL})
+            fields = {n: dict(self._model_fields.get(n, {})) for n in names}
+        data = [
+            {"id": n, "object": "model", "created": 0, "owned_by": ORGANIZATION, **fields[n]}
+            for n in names
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def _upload(self, request: Request) -> Response:

@@ -39,4 +39,5 @@ async def open_services(
         jobs = JobManager(core.store, build_finetuners(settings))
         stack.push_async_callback(jobs.aclose)
         builder = DatasetBuilder(settings.training, core.validators)
-        yield Services(core, jobs, Launcher(builder, core.metrics, jobs))
+        launcher = Launcher(builder, core.metrics, jobs, retirements=core.guard.retirements)
+        yield Services(core, jobs, launcher)

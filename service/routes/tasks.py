@@ -26,6 +26,7 @@ from ..deps import (
     CandidatesDep,
     CanRead,
     CanRun,
+    GuardDep,
     IsAdmin,
     KeysDep,
     MetricsDep,
@@ -126,10 +127,12 @@ async def get_stats(
     task: TaskName,
     registry: RegistryDep,
     metrics: MetricsDep,
+    guard: GuardDep,
     window: Annotated[Window, Query(description="The time window.")] = "1h",
 ) -> TaskStats:
-    await registry.get(task)
-    return await task_stats(metrics, task, window)
+    current = await registry.get(task)
+    stats = await task_stats(metrics, task, window)
+    return stats.model_copy(update={"format_budget": await guard.status(current)})
 
 
 @router.get("/{task}/failures", dependencies=[CanRead], responses=problems(404, 503))

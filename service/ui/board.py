@@ -16,8 +16,10 @@ from pydantic import JsonValue
 from formwork.candidates import Candidates
 from formwork.config import Settings
 from formwork.errors import FormworkError, TaskNotFound, Unavailable
+from formwork.guard import Guard
 from formwork.metrics import Metrics
 from formwork.protocol import (
+    BudgetStatus,
     CandidateReport,
     ErrorItem,
     FinetuneJob,
@@ -29,12 +31,12 @@ from formwork.protocol import (
 from formwork.registry import Registry
 from formwork.stats import WINDOWS, Series, stats_of, task_series, window_buckets
 from formwork.windows import WindowSums
-from training.cost import Tables
 from training.jobs import JobManager
 
 from .views import (
     FailureView,
     OverviewRow,
+    RetirementRow,
     Stage,
     TaxRow,
     chart_data,
@@ -42,6 +44,7 @@ from .views import (
     format_tax,
     funnel,
     overview_row,
+    retirement_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class TaskPage:
     series: Series
     funnel: list[Stage]
     tax: list[TaxRow]
+    budget: BudgetStatus | None
+    retirements: list[RetirementRow]
     charts: dict[str, JsonValue]
     threshold: float
     examples: dict[tuple[str, str], ErrorItem]  # (model, path) -> the newest such error
@@ -81,14 +86,15 @@ class Board:
         settings: Settings,
         windows: WindowSums,
         candidates: Candidates,
+        guard: Guard,
     ) -> None:
         self._candidates = candidates
         self._windows = windows
+        self._guard = guard
         self._registry = registry
         self._metrics = metrics
         self._jobs = jobs
         self._settings = settings
-        self._tables = Tables(settings.training)
 
     async def overview(self, window: str) -> list[OverviewRow]:
         window_buckets(window)  # an unknown window is a 422 before any read
@@ -114,13 +120,16 @@ class Board:
             for error in record.errors:
                 examples.setdefault((record.model, error.path), error)
         candidate, decisions = await self._rollout(task)
+        stats = stats_of(name, window, series.total, prices=self._metrics.prices)
         return TaskPage(
             task=task,
             window=window,
-            stats=stats_of(name, window, series.total),
+            stats=stats,
             series=series,
             funnel=funnel(series.total),
-            tax=format_tax(series.total, self._tables),
+            tax=format_tax(stats),
+            budget=await self._guard.status(task),
+            retirements=retirement_rows(task, self._guard.retirements),
             charts=chart_data(series, markers),
             threshold=self._settings.ui.threshold(name),
             examples=examples,

@@ -15,7 +15,7 @@ from formwork.config import Scope, Settings
 from formwork.errors import Forbidden, Unauthorized
 from formwork.windows import WindowSums
 
-from ..deps import CandidatesDep, JobsDep, MetricsDep, RegistryDep
+from ..deps import CandidatesDep, GuardDep, JobsDep, MetricsDep, RegistryDep
 from .board import Board
 from .comparisons import Comparisons
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, Sessions, Viewer
@@ -48,8 +48,9 @@ async def get_board(
     metrics: MetricsDep,
     jobs: JobsDep,
     candidates: CandidatesDep,
+    guard: GuardDep,
 ) -> Board:
-    return Board(registry, metrics, jobs, ui.settings, ui.windows, candidates)
+    return Board(registry, metrics, jobs, ui.settings, ui.windows, candidates, guard)
 
 
 BoardDep = Annotated[Board, Depends(get_board)]
