@@ -15,6 +15,7 @@ from .providers.base import Message
 
 MAX_FEW_SHOT = 3
 MAX_REASK_ERRORS = 8
+MAX_REASK_ANSWER_CHARS = 600  # of a truncated answer, shown again in the re-ask
 PROMPT_SCHEMA_CHARS = 3000  # a longer schema is shown without its annotations, then cut
 ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$comment"})
 
@@ -91,6 +92,15 @@ def instructed_messages(spec: TaskSpec, value: JsonValue) -> list[Message]:
         messages.append({"role": "assistant", "content": render_output(example.output)})
     messages.append({"role": "user", "content": render_input(value)})
     return messages
+
+
+def cut_answer(answer: str) -> str:
+    """The start of an answer cut at ``max_tokens``, for the re-ask: its tail is of no use to
+    the model, and the whole of a long one would crowd a small model's context (llama.cpp's 2,048
+    tokens for the embedded model) until the re-ask itself could not be sent."""
+    if len(answer) <= MAX_REASK_ANSWER_CHARS:
+        return answer
+    return answer[:MAX_REASK_ANSWER_CHARS] + " [...]"
 
 
 def reask_messages(messages: list[Message], answer: str, errors: list[ErrorItem]) -> list[Message]:

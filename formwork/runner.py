@@ -392,9 +392,11 @@ class Runner:
                 return None
             if n < route.max_attempts:
                 run.re_asked = True
-                messages = prompts.reask_messages(messages, result.text, verdict.errors)
+                shown = result.text
                 if verdict.outcome == "truncated":
                     max_tokens = budget.larger(max_tokens)
+                    shown = prompts.cut_answer(result.text)
+                messages = prompts.reask_messages(messages, shown, verdict.errors)
         return None
 
     async def _translation(self, validator: Validator) -> Translation:

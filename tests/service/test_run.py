@@ -140,6 +140,18 @@ def test_truncated_output_is_reasked(client: TestClient, upstream: Upstream, tas
     assert "answer more briefly" in upstream.requests[-1]["messages"][-1]["content"]
 
 
+def test_a_long_truncated_answer_is_shown_cut_in_the_re_ask(
+    client: TestClient, upstream: Upstream, task: str
+) -> None:
+    """Its tail is of no use, and the whole of it could fill a small model's context."""
+    long = '{"label": "' + "spam " * 2000
+    upstream.script("primary", Reply(content=long, finish_reason="length"), GOOD)
+    body = run(client, task).json()
+    assert [a["outcome"] for a in body["attempts"]] == ["truncated", "valid"]
+    shown = upstream.requests[-1]["messages"][-2]["content"]
+    assert shown == long[:600] + " [...]"
+
+
 def test_rate_limit_honours_retry_after(client: TestClient, upstream: Upstream, task: str) -> None:
     upstream.script("primary", Reply(status=429, headers={"Retry-After": "1"}), GOOD)
     body = run(client, task).json()
