@@ -20,6 +20,7 @@ from formwork.registry import Registry
 from formwork.runner import Runner
 from formwork.store import Store
 from training.assembly import Services
+from training.compilations import Compilations
 from training.jobs import JobManager
 from training.launcher import Launcher
 
@@ -70,6 +71,10 @@ async def get_jobs(request: Request) -> JobManager:
     return _state(request).services.jobs
 
 
+async def get_compilations(request: Request) -> Compilations:
+    return _state(request).services.compilations
+
+
 async def get_batches(request: Request) -> BatchJobs:
     return _state(request).services.core.batches
 
@@ -91,6 +96,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+CompilationsDep = Annotated[Compilations, Depends(get_compilations)]
 BatchesDep = Annotated[BatchJobs, Depends(get_batches)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
