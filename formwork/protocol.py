@@ -326,7 +326,9 @@ class CompileRequest(Strict):
         default_factory=Hyperparameters,
         description="Local `n_epochs` defaults by data size (`training.compiler.local_epochs`).",
     )
-    validation_fraction: float | None = Field(None, ge=0, le=0.5)
+    validation_fraction: float | None = Field(
+        None, ge=0, le=0.5, description="Held out for the validation loss; default none."
+    )
     seed: int | None = Field(None, description="Seed of the splits; default from settings.")
     source: Source = Field(default_factory=Source)
     test: list[Example] | None = Field(

@@ -232,7 +232,9 @@ def add_compile_action(actions: Subparsers) -> None:
     parser.add_argument("--base-model", help="default: smollm2-135m (local), gpt-4o-mini (openai)")
     parser.add_argument("--test", type=Path, help="held-out rows (default: a seeded split)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held out without --test")
-    parser.add_argument("--validation-fraction", type=float, help="held out for validation loss")
+    parser.add_argument(
+        "--validation-fraction", type=float, help="held out for a validation loss (default 0)"
+    )
     parser.add_argument("--seed", type=int, help="seed of the splits")
     parser.add_argument("--epochs", type=int, help="default: local, ~800 examples seen; openai's")
     parser.add_argument("--batch-size", type=int)

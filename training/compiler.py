@@ -196,7 +196,7 @@ class Compiler:
             current,
             train_rows,
             base_model=base_model,
-            fraction=request.validation_fraction,
+            fraction=request.validation_fraction or 0.0,  # the held-out eval judges
             seed=request.seed,
         )
         knobs = request.hyperparameters

@@ -86,13 +86,13 @@ async def test_every_step_runs_then_the_same_inputs_reuse_them(
     job = await compile_once(services, task)
     model = f"up/ft:{BASE}:formwork:{task}:0001"
     assert (job.status, statuses(job), reused(job)) == ("succeeded", DONE, [])
-    assert (job.train_examples, job.validation_examples, job.test_examples) == (14, 2, 4)
+    assert (job.train_examples, job.validation_examples, job.test_examples) == (16, 0, 4)
     assert job.finetune is not None
     assert job.finetune.model == model
     assert (job.promoted, job.base_version, job.version) == (True, 1, 2)
     assert [s.detail for s in job.steps][:2] == [
-        "14 train + 2 validation rows, 4 held out (seeded split of 20 rows (seed 0))",
-        "passed, 1 warning(s): count: 14 training examples; 50 or more usually train better",
+        "16 train + 0 validation rows, 4 held out (seeded split of 20 rows (seed 0))",
+        "passed, 1 warning(s): count: 16 training examples; 50 or more usually train better",
     ]
     assert job.steps[4].detail == "no shadow rule here: the held-out evaluation decides"
     assert job.steps[5].detail == f"version 2 routes first to {model}"
@@ -125,7 +125,7 @@ async def test_new_data_compiles_again_against_the_promoted_route(
     second = await compile_once(services, task, files=[extra])
     assert second.id != first.id
     assert (second.status, statuses(second), reused(second)) == ("succeeded", DONE, [])
-    assert (second.base_version, second.version, second.train_examples) == (2, 3, 22)
+    assert (second.base_version, second.version, second.train_examples) == (2, 3, 24)
     assert second.current is not None
     assert second.candidate is not None
     assert (second.current.model[-5:], second.candidate.model[-5:]) == (":0001", ":0002")
@@ -138,7 +138,7 @@ async def test_a_given_test_set_is_kept_out_of_training(
     test = [Row(example(i)["input"], example(i)["output"], f"t{i}") for i in (0, 1, 2)]
     job = await compile_once(services, task, test=test, test_label="three rows")
     assert job.steps[0].detail == (
-        "15 train + 2 validation rows, 3 held out (three rows); "
+        "17 train + 0 validation rows, 3 held out (three rows); "
         "3 row(s) left out of training: their input is a test row"
     )
     trained = {
@@ -439,7 +439,7 @@ async def test_a_tiny_local_compile_trains_evaluates_and_promotes(
         provider="local",
         hyperparameters=Hyperparameters(n_epochs=1, lora_rank=2, lora_alpha=4),
         candidate=CandidateOptions(timeout_s=120),
-        force=True,  # one epoch on 11 rows: promoted whatever its accuracy
+        force=True,  # one epoch on 12 rows: promoted whatever its accuracy
     )
     async with open_services(local, local="skip") as opened:
         await opened.core.registry.put(
