@@ -69,6 +69,7 @@ class Calibration(BaseModel):
     prefill_finetuned_s: float | None = None
     warm_instructed_s: float | None = None  # static prefix cached (the service's steady state)
     warm_finetuned_s: float | None = None
+    load_average: float | None = None  # 1-minute, as the steps ran: a busy machine is slower
     measured_at: float
 
 
@@ -187,6 +188,7 @@ def measure(job: CalibrationJob) -> Calibration:
         examples_per_s=round(knobs.batch_size / s_per_step, 3),
         tokens_per_step=statistics.mean(tokens[1:]),
         peak_rss_bytes=peak,
+        load_average=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         measured_at=time.time(),
     )
     if job.prompts:

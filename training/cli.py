@@ -40,7 +40,7 @@ from formwork.validation import Validators
 from .adapters import LOCAL_EXAMPLES_SEEN, Knobs, local_epochs
 from .assembly import open_services
 from .calibration import CalibrationJob, Prompt, calibrate
-from .compile_cli import add_compile_action, duration
+from .compile_cli import add_compile_action, duration, interruptible
 from .compiler import DEFAULT_BASE_MODELS
 from .cost import Estimate, LocalCost, local_cost
 from .dataset import harvest, write_rows
@@ -156,6 +156,8 @@ def print_stats(ready: Prepared, estimate: Estimate) -> None:
 def money(value: float | None) -> str:
     if value is None:
         return "unknown (no price for this model: set training.prices)"
+    if value == 0:
+        return "$0"
     return f"${value:,.2f}" if value >= 0.01 else f"${value:.6f}"
 
 
@@ -211,7 +213,11 @@ def local_rows(c: LocalCost) -> list[tuple[str, str]]:
 
     return [
         ("training time", f"{duration(c.training_s)} on this machine ({pace})"),
-        ("calibration", f"{when if c.cached else 'measured now'}: 1 warm-up + timed steps"),
+        (
+            "calibration",
+            f"{when if c.cached else 'measured now'}: 1 warm-up + timed steps"
+            + (f", load average {c.load_average:g}" if c.load_average is not None else ""),
+        ),
         ("peak memory", f"{c.peak_rss_bytes / 2**20:,.0f} MB resident (the trainer)"),
         (
             "prefill/request",
@@ -421,7 +427,7 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         if args.wait and not job.final:
             interval_s = args.interval or settings.training.poll_interval_s
             try:
-                job = await follow(services.jobs, job, interval_s=interval_s)
+                job = await interruptible(follow(services.jobs, job, interval_s=interval_s))
             except asyncio.CancelledError:
                 print(going_on(job), file=sys.stderr)
                 raise
@@ -447,7 +453,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         if args.wait and not job.final:
             interval_s = args.interval or settings.training.poll_interval_s
             try:
-                job = await follow(jobs, job, interval_s=interval_s)
+                job = await interruptible(follow(jobs, job, interval_s=interval_s))
             except asyncio.CancelledError:
                 print(going_on(job), file=sys.stderr)
                 raise

@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+from pydantic import ValidationError
 
 from formwork.assembly import open_core
 from formwork.config import Settings
+from formwork.errors import InvalidInput
 from formwork.protocol import (
     CandidateOptions,
     CompileJob,
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
 MARKS = {"pending": "[ ]", "running": "[>]", "done": "[x]", "skipped": "[-]", "failed": "[!]"}
 PLAIN_PROGRESS_S = 15.0  # without a terminal, a progress line at most this often
+CANCEL_AGAIN_S = 0.5
+T = TypeVar("T")
 
 
 def duration(seconds: float) -> str:
@@ -112,13 +117,31 @@ class Display:
             if step.status == "pending":
                 continue
             seen = self._printed.get(step.name)
-            changed = seen is None or seen.split()[0:2] != line.split()[0:2]
-            progress = step.status == "running" and now - self._progress_at >= PLAIN_PROGRESS_S
-            if (changed or progress) and line != seen:
+            if step.status == "running":  # a new step at once, its progress now and then
+                started = seen is None or not seen.startswith(MARKS["running"], 2)
+                changed = started or now - self._progress_at >= PLAIN_PROGRESS_S
+            else:
+                changed = True
+            if changed and line != seen:
                 self.out.write(line + "\n")
                 self._printed[step.name] = line
                 if step.status == "running":
                     self._progress_at = now
+
+
+async def interruptible(work: Coroutine[Any, Any, T]) -> T:
+    """``work`` as a task of its own. Ctrl-C cancels the command's task once; a library that
+    swallows that cancellation (one was seen to, mid-request) would keep ``work`` going, so it
+    is cancelled again until it ends."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+        raise
+    return task.result()
 
 
 def interrupted(job: CompileJob) -> str:
@@ -194,7 +217,15 @@ def summary(job: CompileJob) -> str:
 
 
 async def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
-    request = request_of(args)
+    try:
+        request = request_of(args)
+    except ValidationError as e:
+        raise InvalidInput(
+            "invalid compile options",
+            errors=[
+                {"path": ".".join(map(str, i["loc"])), "message": i["msg"]} for i in e.errors()
+            ],
+        ) from e
     test = None if args.test is None else await asyncio.to_thread(read_jsonl, args.test)
     async with open_services(settings, local="skip") as services:
         compiler = services.compiler(cli_evaluate(settings))
@@ -208,9 +239,8 @@ async def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
             test_label=str(args.test) if args.test else "",
         )
         display = Display(sys.stderr)
-        display.update(compilation.job)
         try:
-            job = await compiler.run(compilation, on_change=display.update)
+            job = await interruptible(compiler.run(compilation, on_change=display.update))
         except asyncio.CancelledError:
             print(interrupted(compilation.job), file=sys.stderr)
             raise

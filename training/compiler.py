@@ -61,6 +61,10 @@ class FinetuneFailed(FormworkError):
     status, slug, title = 502, "finetune-failed", "Fine-tune failed"
 
 
+class _Cancelled(Exception):
+    """A cancel was asked for (``CompileStore.request_cancel``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Skip:
     """A step's answer when it has nothing to do here."""
@@ -465,7 +469,3 @@ class Compiler:
         if decision.promoted:
             return f"version {decision.version} routes first to {decision.routes[0].model}"
         return f"not promoted: {decision.reason}"
-
-
-class _Cancelled(Exception):
-    """A cancel was asked for (``CompileStore.request_cancel``)."""

@@ -137,6 +137,7 @@ class LocalCost(BaseModel):
     peak_rss_bytes: int
     device: str
     threads: int
+    load_average: float | None  # the machine's, as the calibration ran
     calibrated_at: float
     cached: bool  # the calibration came from the cache folder
     prefill_instructed_s: float | None  # per request, nothing cached
@@ -301,6 +302,7 @@ def local_cost(
         peak_rss_bytes=c.peak_rss_bytes,
         device=c.device,
         threads=c.threads,
+        load_average=c.load_average,
         calibrated_at=c.measured_at,
         cached=cached,
         prefill_instructed_s=c.prefill_instructed_s,

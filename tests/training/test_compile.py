@@ -343,6 +343,7 @@ def cli_env(settings: Settings, upstream: Upstream) -> dict[str, str]:
         "FORMWORK_LOCAL__ENABLED": "false",
         "FORMWORK_CONFIG": str(ROOT / "absent-formwork.toml"),
         "PYTHONPATH": str(ROOT),
+        "PYTHONFAULTHANDLER": "1",
     }
     return env
 
@@ -364,7 +365,11 @@ def interrupt(argv: list[str], env: dict[str, str], upstream: Upstream) -> tuple
                 raise AssertionError(child.communicate(timeout=5))
             time.sleep(0.05)
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
+        try:
+            out, err = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            raise AssertionError(child.communicate(timeout=10)) from None
     finally:
         if child.poll() is None:
             child.kill()
@@ -462,3 +467,52 @@ async def test_a_tiny_local_compile_trains_evaluates_and_promotes(
 
         again = await made.run(await made.prepare(unique_name, request, test=test))
         assert (again.id, reused(again)) == (job.id, [s.name for s in job.steps])
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in cli_env.items():
+        if name.startswith("FORMWORK_"):
+            monkeypatch.setenv(name, value)
+
+
+@pytest.mark.usefixtures("env")
+def test_the_command_shows_its_steps_and_a_second_run_reuses_them(
+    client: TestClient,
+    upstream_answers: Upstream,
+    unique_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    assert client.put(f"/v1/tasks/{unique_name}", json=spec_body(20)).status_code == 201
+    argv = ["train", "compile", unique_name, "--provider", "openai", "--interval", "0.01"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    model = f"up/ft:{BASE}:formwork:{unique_name}:0001"
+    assert out.splitlines()[0] == f"promoted: {unique_name} version 2"
+    lines = err.splitlines()
+    assert lines[0].startswith(f"compile {unique_name} cmp-")
+    assert lines[0].endswith(f"(from version 1, openai/{BASE})")
+    finished = [line.split()[:2] for line in lines if line.startswith("  [x]")]
+    assert finished == [["[x]", name] for name in ("dataset", "checks", "finetune", "eval")] + [
+        ["[x]", "promote"]
+    ]
+    assert f"  [x] promote   version 2 routes first to {model}" in lines
+    assert "  [-] shadow    no shadow rule here: the held-out evaluation decides" in lines
+
+    assert main(argv) == 0
+    again = capsys.readouterr().err.splitlines()
+    assert [line for line in again if line.endswith("(done before)")] == [
+        line + "  (done before)" for line in lines if line[:5] in ("  [x]", "  [-]")
+    ]
+    assert len(upstream_answers.jobs) == 1
+
+    assert main([*argv, "--test-fraction", "0.9"]) == 1
+    assert capsys.readouterr().err == (
+        "formwork: Invalid input: invalid compile options\n"
+        "  test_fraction: Input should be less than or equal to 0.5\n"
+    )
