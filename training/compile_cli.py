@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -100,7 +101,9 @@ class Display:
 
     def update(self, job: CompileJob) -> None:
         lines = [head(job), *(step_line(job, step) for step in job.steps)]
-        if self.tty:
+        if self.tty:  # one screen line each, so that moving up by their count redraws them
+            width = shutil.get_terminal_size().columns - 1
+            lines = [line[:width] for line in lines]
             up = f"\x1b[{self._drawn}F" if self._drawn else ""
             self.out.write(up + "\x1b[J" + "\n".join(lines) + "\n")
             self._drawn = len(lines)

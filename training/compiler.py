@@ -206,10 +206,11 @@ class Compiler:
         knobs = request.hyperparameters
         if request.provider == "local" and knobs.n_epochs is None:
             knobs = knobs.model_copy(update={"n_epochs": local_epochs(len(prepared.dataset.train))})
+        data = prepared.dataset.digest()
         inputs = digest(
             {
                 "task": task,
-                "data": prepared.dataset.digest(),
+                "data": data,
                 "test": [[row.input, row.output] for row in test],
                 "provider": request.provider,
                 "base_model": base_model,
@@ -233,7 +234,7 @@ class Compiler:
                 base_model=base_model,
                 hyperparameters=knobs.given(),
             )
-        job.dataset_hash = prepared.dataset.digest()
+        job.dataset_hash = data
         job.train_examples = len(prepared.dataset.train)
         job.validation_examples = len(prepared.dataset.validation)
         job.test_examples = len(test)

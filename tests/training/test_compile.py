@@ -4,6 +4,7 @@ same inputs, a new run on new data, resuming after a kill at each step, the API,
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ BASE = "gpt-4o-mini-2024-07-18"
 ROOT = Path(__file__).resolve().parents[2]
 ANSWER = '{"item": "item 1", "count": 1}'  # every model's answer: candidate and current tie
 DONE = ["done", "done", "done", "done", "skipped", "done"]
+DONE_NAMES = ["dataset", "checks", "finetune", "eval", "shadow", "promote"]
 
 
 class Killed(BaseException):
@@ -515,4 +517,54 @@ def test_the_command_shows_its_steps_and_a_second_run_reuses_them(
     assert capsys.readouterr().err == (
         "formwork: Invalid input: invalid compile options\n"
         "  test_fraction: Input should be less than or equal to 0.5\n"
+    )
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_step_list_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    from formwork.protocol import CompileStep, FinetuneJob
+    from training.compile_cli import Display
+
+    steps = [
+        CompileStep(name=n, status="done" if n == "dataset" else "pending") for n in DONE_NAMES
+    ]
+    job = CompileJob(
+        id="cmp-0123456789abcdef",
+        task="orders",
+        status="running",
+        step="finetune",
+        steps=steps,
+        created_at=0,
+        updated_at=0,
+        base_version=3,
+        inputs_digest="x",
+        provider="local",
+        base_model="smollm2-135m",
+        hyperparameters={"n_epochs": 4},
+    )
+    monkeypatch.setenv("COLUMNS", "120")  # longer lines are cut: one screen line each
+    screen = Terminal()
+    display = Display(screen)
+    display.update(job)
+    job.steps[2].status = "running"
+    job.finetune = FinetuneJob(
+        id="ftj-1", task="orders", provider="local", base_model="smollm2-135m",
+        status="running", progress=0.42, dataset_hash="d", train_examples=200,
+        validation_examples=0, created_at=0, updated_at=0, step=42, steps=100, loss=0.03125,
+        eta_s=430,
+    )  # fmt: skip
+    first = screen.getvalue()
+    display.update(job)
+    second = screen.getvalue()[len(first) :]
+    assert first.startswith("\x1b[J")
+    assert second.startswith("\x1b[7F\x1b[J")  # up over the 7 lines drawn, then clear
+    assert second.splitlines()[0].endswith(
+        "compile orders cmp-0123456789abcdef (from version 3, local/smollm2-135m, 4 epochs)"
+    )
+    assert second.splitlines()[3] == (
+        "  [>] finetune  ftj-1 running  step 42/100  loss 0.0312  ETA 7m10s"
     )
