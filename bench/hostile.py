@@ -32,15 +32,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.service_bench import (  # noqa: E402
+from bench.service_bench import (
+    ROOT,
     Processes,
     formwork_env,
     free_port,
@@ -53,7 +54,7 @@ from bench.service_bench import (  # noqa: E402
     uvicorn_args,
     wait_until,
 )
-from tests.upstream import Reply, Upstream  # noqa: E402
+from tests.upstream import Reply, Upstream
 
 EVIL = "^(a+)+$"
 EVIL_ALT = "^(a|aa)+$"
@@ -211,21 +212,93 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def ipc_costs() -> list[str]:
+    """What judging an answer costs in this process and in a worker process (the round trip,
+    and the CPU the calling thread, the event loop's, spends on it), by answer size."""
+    from formwork.validation import Validators
+    from formwork.verdicts import judged, judged_in_worker
+
+    validators = Validators()
+    schema = {"type": "array", "items": {"type": "object"}, "uniqueItems": True}
+    validator = validators.get(schema)
+    rows = [
+        "| answer | in this process | worker: round trip | worker: event-loop thread CPU |",
+        "|---:|---:|---:|---:|",
+    ]
+
+    async def in_worker(text: str, n: int) -> tuple[float, float]:
+        walls, cpus = [], []
+        for _ in range(n):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            await validators.off_loop(judged_in_worker, validator.digest, schema, text)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.thread_time() - cpu)
+        return statistics.median(walls) * 1000, statistics.median(cpus) * 1000
+
+    async def table() -> None:
+        await validators.off_loop(len, "")  # start the worker
+        for items in (10, 80, 300, 6_000, 18_000):
+            text = json.dumps([{"n": i} for i in range(items)])
+            n = 50 if items < 1000 else 10
+            inline = []
+            for _ in range(n):
+                started = time.perf_counter()
+                judged(text, validator)
+                inline.append(time.perf_counter() - started)
+            wall, cpu = await in_worker(text, n)
+            rows.append(
+                f"| {len(text):,} chars | {statistics.median(inline) * 1000:.3f} ms "
+                f"| {wall:.3f} ms | {cpu:.3f} ms |"
+            )
+
+    try:
+        asyncio.run(table())
+    finally:
+        validators.close()
+    return rows
+
+
 def measure(args: argparse.Namespace, work: Path, procs: Processes, upstream: Upstream) -> str:
-    load_before = load_average()
     redis_url = start_redis(procs, work)
     wait_until(procs, redis_ok(redis_url), "redis-server")
-    service_port = free_port()
-    env = formwork_env(redis_url, upstream, work, log_level="ERROR", request_deadline_s="30")
-    procs.spawn("formwork", uvicorn_args("service.app:create_app", service_port, 1), env)
-    service = f"http://127.0.0.1:{service_port}"
-    wait_until(procs, http_ok(service + "/healthz"), "formwork")
-    register_tasks(service, upstream)
+    variants = {"this tree": ROOT}
+    if args.baseline is not None:
+        variants = {f"baseline ({args.baseline.name})": args.baseline.resolve(), **variants}
+    services = {}
+    for n, (name, tree) in enumerate(variants.items()):
+        port = free_port()
+        env = formwork_env(
+            redis_url.removesuffix("/0") + f"/{n}",
+            upstream,
+            work,
+            log_level="ERROR",
+            request_deadline_s="30",
+        )
+        env["PYTHONPATH"] = str(tree)
+        procs.spawn(f"formwork-{n}", uvicorn_args("service.app:create_app", port, 1), env, tree)
+        services[name] = f"http://127.0.0.1:{port}"
+        wait_until(procs, http_ok(services[name] + "/healthz"), name)
+        register_tasks(services[name], upstream)
+    rounds = []
+    for n in range(1, args.rounds + 1):
+        for name, service in services.items():
+            load = load_average()
+            quiet, _ = healthz_during(service, args, hostile=False)
+            loaded, answered = healthz_during(service, args, hostile=True)
+            procs.check()
+            rounds.append(Round(n, name, load, load_average(), quiet, loaded, answered))
+    return report(args, rounds, list(services))
 
-    quiet, _ = healthz_during(service, args, hostile=False)
-    loaded, answered = healthz_during(service, args, hostile=True)
-    procs.check()
-    return report(args, quiet, loaded, answered, (load_before, load_average()))
+
+@dataclass
+class Round:
+    number: int
+    variant: str
+    load_before: str
+    load_after: str
+    quiet: dict[str, Any]
+    hostile: dict[str, Any]
+    answered: Counter[str]
 
 
 def healthz_during(
@@ -243,51 +316,83 @@ def healthz_during(
     return json.loads(out), answered
 
 
-def report(
-    args: argparse.Namespace,
-    quiet: dict[str, Any],
-    loaded: dict[str, Any],
-    answered: Counter[str],
-    load_avg: tuple[str, str],
-) -> str:
-    def row(name: str, figures: dict[str, Any]) -> str:
-        values = figures["latencies_ms"]
-        return (
-            f"| {name} | {len(values)} | {figures['failures']} | {statistics.median(values):.1f} "
-            f"| {percentile(values, 0.99):.1f} | **{max(values):.1f}** |"
-        )
+def figures(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), percentile(values, 0.99), max(values)
 
-    worst = max(loaded["latencies_ms"])
-    verdict = "met" if worst <= HEALTHZ_TARGET_MS else "NOT met"
-    server_errors = sum(n for kind, n in answered.items() if kind.endswith(": 500"))
+
+def report(args: argparse.Namespace, rounds: list[Round], variants: list[str]) -> str:
+    rows = [
+        "| round | variant | load avg before / after | phase | probes | failed | p50 ms "
+        "| p99 ms | worst ms |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rounds:
+        for phase, found in (("quiet", r.quiet), ("hostile", r.hostile)):
+            p50, p99, worst = figures(found["latencies_ms"])
+            rows.append(
+                f"| {r.number} | {r.variant} | {r.load_before} / {r.load_after} | {phase} "
+                f"| {len(found['latencies_ms'])} | {found['failures']} | {p50:.1f} | {p99:.1f} "
+                f"| **{worst:.1f}** |"
+            )
+    summary = [
+        "| variant | hostile worst, each round (ms) | median of those | hostile p99, median "
+        "| quiet worst, each round (ms) | 500s |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    answered: dict[str, Counter[str]] = {name: Counter() for name in variants}
+    for name in variants:
+        mine = [r for r in rounds if r.variant == name]
+        worsts = [max(r.hostile["latencies_ms"]) for r in mine]
+        p99s = [percentile(r.hostile["latencies_ms"], 0.99) for r in mine]
+        quiet = [max(r.quiet["latencies_ms"]) for r in mine]
+        for r in mine:
+            answered[name].update(r.answered)
+        errors = sum(n for kind, n in answered[name].items() if kind.endswith(": 500"))
+        summary.append(
+            f"| {name} | {', '.join(f'{w:.1f}' for w in worsts)} "
+            f"| {statistics.median(worsts):.1f} | {statistics.median(p99s):.1f} "
+            f"| {', '.join(f'{w:.1f}' for w in quiet)} | {errors} |"
+        )
+    current = [max(r.hostile["latencies_ms"]) for r in rounds if r.variant == variants[-1]]
+    met = sum(w <= HEALTHZ_TARGET_MS for w in current)
     lines = [
-        "# Hostile input: regex engines and the event-loop watchdog",
+        "# Hostile input: regex engines, worker processes and the event-loop watchdog",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- command: `{' '.join(sys.argv)}`",
-        f"- load average (1 min) before / after: {load_avg[0]} / {load_avg[1]} "
-        "(other work shares these cores)",
+        "- load average (1 min) before and after each round below: other work shares these cores",
         "",
         "## Regex engines (one match each, in this process)",
         "",
         *engines(),
         "",
+        "## Judging an answer in this process and in a worker process",
+        "",
+        "A plain schema (array of objects, `uniqueItems`); medians. The event-loop thread's CPU "
+        "is what the server's loop spends on a call to the worker (pickling the answer, "
+        "unpickling the verdict): the rest of the round trip it serves other requests.",
+        "",
+        *ipc_costs(),
+        "",
         f"## /healthz while hostile requests run ({args.duration:g} s per phase, "
         f"{args.concurrency} hostile loops, watchdog every 20 ms in its own process; "
-        f"kinds: {', '.join(args.kinds)})",
+        f"{args.rounds} round(s), the variants in turn; kinds: {', '.join(args.kinds)})",
         "",
-        "| phase | probes | failed | p50 ms | p99 ms | worst ms |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("quiet", quiet),
-        row("hostile", loaded),
+        *rows,
         "",
-        f"Target worst /healthz <= {HEALTHZ_TARGET_MS:g} ms while hostile: **{verdict}** "
-        f"({worst:.1f} ms). 500s from the service: **{server_errors}**.",
+        *summary,
         "",
-        "Hostile requests answered (kind: status: count):",
+        f"Target worst /healthz <= {HEALTHZ_TARGET_MS:g} ms while hostile ({variants[-1]}): "
+        f"met in **{met} of {len(current)}** round(s).",
         "",
-        *[f"- {kind}: {n}" for kind, n in sorted(answered.items())],
+        "Hostile requests answered (variant: kind: status: count, all rounds):",
+        "",
+        *[
+            f"- {name}: {kind}: {n}"
+            for name in variants
+            for kind, n in sorted(answered[name].items())
+        ],
         "",
     ]
     return "\n".join(lines)
@@ -304,6 +409,12 @@ def parse_args() -> argparse.Namespace:
         default=list(KINDS),
         help="hostile requests to send (default: all, in turn)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the source tree of an earlier version, measured in turn with this one",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every variant")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "hostile.md")
     parser.add_argument("--watchdog", help=argparse.SUPPRESS)  # the watchdog process
     return parser.parse_args()

@@ -107,11 +107,13 @@ class Processes:
         self.logs = logs
         self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> int:
         with (self.logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 args,
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -18,20 +19,26 @@ from typing import Literal
 
 from .batches import BatchJobs
 from .cache import Cache
+from .candidates import Candidates
 from .config import LOCAL_PROVIDER, Settings
 from .errors import Unavailable
 from .flight import SingleFlight
+from .guard import Guard
 from .metrics import Metrics
+from .prices import Prices
 from .protocol import TaskFile
 from .providers import Providers
 from .providers.base import Provider
 from .registry import Registry, read_task_files
+from .retirement import Retirements
+from .rollout import Rollout
 from .runner import Runner
 from .store import Store
 from .validation import Validators
 
 log = logging.getLogger(__name__)
 NO_FLUSH_S = 365 * 86400.0  # metrics that are never flushed (evaluation stays out of stats)
+CANCEL_AGAIN_S = 0.5  # a background task still running this long after a cancel gets another
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,8 @@ class Core:
     metrics: Metrics
     runner: Runner
     batches: BatchJobs
+    candidates: Candidates
+    guard: Guard
 
 
 async def start_local(settings: Settings) -> tuple[Provider | None, str | None]:
@@ -95,7 +104,11 @@ async def keep_registered(registry: Registry, files: list[TaskFile], check_s: fl
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    """Cancel ``task`` until it ends: a cancellation that lands in a call with a timeout of its
+    own (Redis, HTTP) can come back as that timeout, handled, and the loop would go on."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_AGAIN_S)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
@@ -134,8 +147,16 @@ async def open_core(
             embedded = local
         providers = Providers.from_settings(settings, local=embedded, unavailable=unavailable)
         stack.push_async_callback(providers.aclose)
+        retirements = Retirements(
+            settings.retirements,
+            warning_days=settings.retirement_warning_days,
+            openai_provider=settings.training.openai_provider,
+        )
         registry = Registry(
-            store, validators, refresh_s=settings.registry_refresh_s, warn=providers.warnings
+            store,
+            validators,
+            refresh_s=settings.registry_refresh_s,
+            warn=lambda spec: providers.warnings(spec) + retirements.warnings(spec),
         )
         cache = Cache(store)
         metrics = Metrics(
@@ -143,14 +164,48 @@ async def open_core(
             flush_s=settings.metrics_flush_s if record else NO_FLUSH_S,
             failures_kept=settings.failures_kept,
             request_log_kept=settings.request_log_kept if record else 0,
+            prices=Prices(settings.training.prices),
         )
         if record:
             stack.push_async_callback(metrics.flush)
-        runner = _runner(settings, store, registry, providers, cache, metrics, validators)
+        guard = Guard(
+            registry,
+            metrics,
+            retirements,
+            refresh_s=settings.format_budget_refresh_s,
+            shutdowns=providers.shutdowns if settings.retirement_check_s else None,
+            shutdowns_every_s=settings.retirement_check_s or 3600.0,
+        )
+        rollout = Rollout(store, registry, default_route=providers.default_route)
+        seed = settings.candidate_seed
+        sample = random.random if seed is None else random.Random(seed).random
+        candidates = Candidates(store, rollout, random=sample)
+        stack.push_async_callback(candidates.aclose)
+        runner = _runner(
+            settings,
+            store,
+            registry,
+            providers,
+            cache,
+            metrics,
+            validators,
+            guard,
+            candidates=candidates if background else None,  # on a server's live traffic only
+        )
         batches = BatchJobs(store, runner, concurrency=settings.batch_concurrency)
         stack.push_async_callback(batches.aclose)
         core = Core(
-            settings, store, validators, providers, registry, cache, metrics, runner, batches
+            settings,
+            store,
+            validators,
+            providers,
+            registry,
+            cache,
+            metrics,
+            runner,
+            batches,
+            candidates,
+            guard,
         )
         if background:
             start_background(stack, core)
@@ -165,6 +220,9 @@ def _runner(
     cache: Cache,
     metrics: Metrics,
     validators: Validators,
+    guard: Guard,
+    *,
+    candidates: Candidates | None = None,
 ) -> Runner:
     return Runner(
         registry,
@@ -176,6 +234,8 @@ def _runner(
         deadline_s=settings.request_deadline_s,
         retry_after_max_s=settings.retry_after_max_s,
         limits=settings.limits,
+        guard=guard,
+        candidates=candidates,
     )
 
 
@@ -191,15 +251,18 @@ def unrecorded_runner(core: Core) -> Runner:
         core.cache,
         metrics,
         core.validators,
+        core.guard,
     )
 
 
 def start_background(stack: AsyncExitStack, core: Core) -> None:
-    """The server's upkeep: shipped and known tasks kept registered, metrics flushed, batches
-    resumed."""
+    """The server's upkeep: shipped and known tasks kept registered, metrics flushed, format
+    budgets and retirement gauges refreshed, batches resumed, a worker process started."""
     settings = core.settings
     files = read_task_files(settings.schemas_dir) if settings.schemas_dir.is_dir() else []
     check_s = max(settings.redis_retry_s, 1.0)
     _in_background(stack, lambda: keep_registered(core.registry, files, check_s))
     _in_background(stack, core.metrics.flush_forever)
+    _in_background(stack, core.guard.refresh_forever)
     _in_background(stack, core.batches.resume_forever)
+    _in_background(stack, core.validators.workers.warm)

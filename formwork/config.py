@@ -7,6 +7,7 @@ named ``openai``; routes then name models as ``openai/<model-id>``.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,10 @@ class LocalModelSettings(BaseModel):
     threads: int = Field(0, ge=0, description="CPU threads for generation; 0 = all cores.")
     queue_size: int = Field(16, ge=1, description="Requests waiting for the model before 503.")
     adapters_dir: Path = Field(Path("var/adapters"), description="Where LoRA adapters live.")
+    shipped_adapters_dir: Path = Field(
+        Path("schemas/adapters"),
+        description="The shipped tasks' adapters; a name in adapters_dir takes precedence.",
+    )
     max_tokens: int = Field(4096, ge=16, description="Cap on the tokens one generation makes.")
     cache_dir: Path = Field(
         Path("var/models"), description="Where the Q8_0 copy of the weights is made and kept."
@@ -66,6 +71,11 @@ class LocalModelSettings(BaseModel):
         64, ge=0, description="Memory for prefilled static prompt prefixes (0 disables)."
     )
     adapters_loaded: int = Field(4, ge=1, description="LoRA adapters kept loaded (LRU).")
+
+    @property
+    def adapter_roots(self) -> list[Path]:
+        """Where an adapter is looked for, in order."""
+        return [self.adapters_dir, self.shipped_adapters_dir]
 
 
 class Limits(BaseModel):
@@ -94,10 +104,17 @@ class Limits(BaseModel):
         300.0, gt=0, description="Longest Retry-After passed on to a caller."
     )
     off_loop_chars: int = Field(
-        4096,
+        1024,
         ge=0,
-        description="Answers or inputs at least this long are validated off the "
-        "event loop, on a worker thread.",
+        description="Answers and inputs longer than this are validated in a worker process, "
+        "off the event loop (fewer characters on a schema over 1 KiB; all on a schema with "
+        "branching keywords such as anyOf or $ref).",
+    )
+    off_loop_body_bytes: int = Field(
+        64 << 10, ge=0, description="Request bodies at least this long are parsed off the loop."
+    )
+    off_loop_processes: int = Field(
+        1, ge=1, le=64, description="Worker processes (per server process) for that work."
     )
 
 
@@ -132,6 +149,11 @@ class TrainingSettings(BaseModel):
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         description="Prices by model-name prefix; added to the built-in table.",
+    )
+    openai_jobs_end: date | None = Field(
+        date(2027, 1, 6),
+        description="When OpenAI stops accepting new fine-tuning jobs (announced); starting one "
+        "warns from `retirement_warning_days` before it.",
     )
     poll_interval_s: float = Field(10.0, gt=0, description="How often the CLI polls a job.")
     harvest_limit: int = Field(10000, ge=1, description="Logged runs read at most per harvest.")
@@ -208,6 +230,29 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(4, ge=1, description="Inputs of one batch run at once.")
     failures_kept: int = Field(1000, ge=10, description="Recent failed attempts kept per task.")
     request_log_kept: int = Field(10000, ge=0, description="Successful runs kept per task.")
+    candidate_seed: int | None = Field(
+        None,
+        description="Seed of the sampling that picks requests for a task's candidate: the same "
+        "seed picks the same requests (tests, reproducible runs); None draws from the system.",
+    )
+    retirements: dict[str, date] = Field(
+        default_factory=dict,
+        description="Announced shutdown dates by model ref (`provider/model-id`; a key also "
+        "covers the refs that continue it after a colon, as fine-tunes do); added to the "
+        "built-in table.",
+    )
+    retirement_warning_days: int = Field(
+        30, ge=0, description="Warn this many days before a route's model retires."
+    )
+    retirement_check_s: float = Field(
+        3600.0,
+        ge=0,
+        description="How often each replica reads the providers' model lists for shutdown "
+        "dates (0: never).",
+    )
+    format_budget_refresh_s: float = Field(
+        5.0, gt=0, description="How often each replica re-reads the figures of format budgets."
+    )
     limits: Limits = Field(default_factory=Limits)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

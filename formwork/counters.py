@@ -6,9 +6,10 @@ are made and parsed here only, so adding a counter is one change in one module.
 Per request: ``req``, ``ok`` | ``fail``, ``hit``, ``fallback``, ``reask``, ``rlat <bucket>``,
 ``served <model>`` and ``end <stage>`` (where it ended in the outcome funnel, ``STAGES``). Per
 attempt: ``a <model> <outcome>``, ``lat <model> <bucket>``, ``first <model>``,
-``firstok <model>``, ``reask <model>`` and ``path <model> <path>``; a wasted attempt (one whose
-output was not used) also adds its tokens and milliseconds to ``xin <model>``, ``xout <model>``
-and ``xms <model>``: the format tax.
+``firstok <model>``, ``reask <model>`` and ``path <model> <path>``; an attempt in the format
+tax (every attempt of a request but a first one whose output was used: ``tax.py``) also adds one
+to ``tn <model>`` and its tokens and milliseconds to ``tin <model>``, ``tout <model>`` and
+``tms <model>``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from dataclasses import dataclass, field
 SEP = " "
 LATENCY_BASE = 1.2  # histogram buckets grow by 20 %: percentiles within ~10 %
 PER_MODEL = frozenset(
-    {"a", "lat", "path", "first", "firstok", "reask", "served", "xin", "xout", "xms"}
+    {"a", "lat", "path", "first", "firstok", "reask", "served", "tn", "tin", "tout", "tms"}
 )
 # The outcome funnel, in order: each request ends in exactly one stage.
 STAGES = ("hit", "first", "repaired", "reask", "fallback", "failed")
-USED_OUTCOMES = frozenset({"valid", "repaired"})
 
 
 def latency_bucket(ms: float) -> int:
@@ -54,16 +54,15 @@ def attempt_names(
     return names
 
 
-def attempt_amounts(
-    model: str, outcome: str, latency_ms: float, prompt_tokens: int, completion_tokens: int
+def tax_amounts(
+    model: str, latency_ms: float, prompt_tokens: int, completion_tokens: int
 ) -> dict[str, int]:
-    """What a wasted attempt cost (nothing for one whose output was used)."""
-    if outcome in USED_OUTCOMES:
-        return {}
+    """What an attempt in the format tax cost."""
     return {
-        _name("xin", model): prompt_tokens,
-        _name("xout", model): completion_tokens,
-        _name("xms", model): round(latency_ms),
+        _name("tn", model): 1,
+        _name("tin", model): prompt_tokens,
+        _name("tout", model): completion_tokens,
+        _name("tms", model): round(latency_ms),
     }
 
 
@@ -115,9 +114,10 @@ class ModelCounts:
     first_ok: int = 0
     re_asked: int = 0
     served: int = 0
-    wasted_prompt_tokens: int = 0
-    wasted_completion_tokens: int = 0
-    wasted_ms: int = 0
+    tax_attempts: int = 0
+    tax_prompt_tokens: int = 0
+    tax_completion_tokens: int = 0
+    tax_ms: int = 0
 
     def add(self, other: ModelCounts) -> None:
         self.outcomes.update(other.outcomes)
@@ -127,9 +127,10 @@ class ModelCounts:
         self.first_ok += other.first_ok
         self.re_asked += other.re_asked
         self.served += other.served
-        self.wasted_prompt_tokens += other.wasted_prompt_tokens
-        self.wasted_completion_tokens += other.wasted_completion_tokens
-        self.wasted_ms += other.wasted_ms
+        self.tax_attempts += other.tax_attempts
+        self.tax_prompt_tokens += other.tax_prompt_tokens
+        self.tax_completion_tokens += other.tax_completion_tokens
+        self.tax_ms += other.tax_ms
 
 
 @dataclass
@@ -158,9 +159,10 @@ MODEL_FIELDS = {
     "firstok": "first_ok",
     "reask": "re_asked",
     "served": "served",
-    "xin": "wasted_prompt_tokens",
-    "xout": "wasted_completion_tokens",
-    "xms": "wasted_ms",
+    "tn": "tax_attempts",
+    "tin": "tax_prompt_tokens",
+    "tout": "tax_completion_tokens",
+    "tms": "tax_ms",
 }
 
 

@@ -15,6 +15,7 @@ FormworkError                 500  base: status, type, title, detail, extensions
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -38,6 +39,10 @@ class FormworkError(Exception):
         self.retry_after = retry_after
         self.extensions: Mapping[str, JsonValue] = extensions
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole: errors raised in a worker process are raised again in the server."""
+        return (_rebuilt, (type(self), self.detail), self.__dict__)
+
     @property
     def type(self) -> str:
         return PROBLEM_BASE + self.slug
@@ -53,6 +58,10 @@ class FormworkError(Exception):
             body["instance"] = instance
         body.update(self.extensions)
         return body
+
+
+def _rebuilt(cls: type[FormworkError], detail: str) -> FormworkError:
+    return cls(detail)
 
 
 class InvalidSchema(FormworkError):

@@ -150,3 +150,26 @@ def batch_lease(batch_id: str) -> str:
 # Readiness: a tiny write that shows Redis takes writes (not full, not a read-only replica).
 PROBE = PREFIX + "ready-probe"
 PROBE_TTL_MS = 10_000
+
+
+# Candidates: live figures per task version and candidate model, the watch of a promotion, and
+# the decisions (promotions, rollbacks) with their evidence.
+CANDIDATE_TTL_S = 30 * 24 * HOUR_S
+DECISIONS_KEPT = 200
+DECISIONS_TTL_S = 365 * 24 * HOUR_S
+
+
+def candidate(name: str, version: int, model: str) -> str:
+    """Hash: comparison counts and sums (``candidates.FIELDS``), ``drops``, ``ready``."""
+    return f"{PREFIX}candidate:{name}:{version}:{model}"
+
+
+def watch(name: str, version: int) -> str:
+    """Hash: ``requests``, ``answered``, ``failures`` of the promoted route on that version;
+    expires after the watch."""
+    return f"{PREFIX}watch:{name}:{version}"
+
+
+def decisions(name: str) -> str:
+    """List, newest first, capped at ``DECISIONS_KEPT``: the task's rollout decisions as JSON."""
+    return f"{PREFIX}decisions:{name}"

@@ -4,7 +4,8 @@ Counts go first into in-process counters (no Redis call on the request path) and
 to time-bucketed Redis hashes every ``flush_s``, so replicas add up. While Redis is down the
 counts stay in-process and are flushed when it returns. Failed attempts and validated runs go
 to capped Redis streams (``streams.py``) in the same flush. Counter names come from
-``counters.py``. Prometheus counters are per process.
+``counters.py``. Prometheus counters are per process; the format-budget and retirement gauges
+are set by ``tax.BudgetWatch``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 from redis.asyncio import Redis
 
 from . import keys
-from .counters import attempt_amounts, attempt_names, request_names
+from .counters import attempt_names, request_names, tax_amounts
+from .prices import Prices
 from .protocol import Attempt, FailureRecord
 from .store import Store, StoreDown
 from .streams import Batch, Streams
@@ -80,6 +83,48 @@ class Prometheus:
             ["task", "model"],
             registry=self.registry,
         )
+        self.tax_attempts = PromCounter(
+            "formwork_format_tax_attempts",
+            "Attempts in the format tax: re-asks, fallbacks and unused first attempts.",
+            ["task", "model"],
+            registry=self.registry,
+        )
+        self.tax_tokens = PromCounter(
+            "formwork_format_tax_tokens",
+            "Tokens spent on format-tax attempts.",
+            ["task", "model", "kind"],
+            registry=self.registry,
+        )
+        self.tax_seconds = PromCounter(
+            "formwork_format_tax_seconds",
+            "Time spent on format-tax attempts.",
+            ["task", "model"],
+            registry=self.registry,
+        )
+        self.tax_usd = PromCounter(
+            "formwork_format_tax_usd",
+            "Price of format-tax attempts (models with a known price only).",
+            ["task", "model"],
+            registry=self.registry,
+        )
+        self.budget_exceeded = PromGauge(
+            "formwork_format_budget_exceeded",
+            "1 while a task is over a limit of its format budget, else 0.",
+            ["task", "limit"],
+            registry=self.registry,
+        )
+        self.routes_skipped = PromCounter(
+            "formwork_routes_skipped",
+            "Routes skipped by a run: retired model, or fallback over the format budget.",
+            ["task", "model", "reason"],
+            registry=self.registry,
+        )
+        self.retires_in_days = PromGauge(
+            "formwork_route_retires_in_days",
+            "Days until a route's model retires (negative: past its date).",
+            ["task", "model"],
+            registry=self.registry,
+        )
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def request(self, task: str, result: str, seconds: float) -> None:
@@ -94,9 +139,16 @@ class Prometheus:
 
 class Metrics:
     def __init__(
-        self, store: Store, *, flush_s: float, failures_kept: int, request_log_kept: int
+        self,
+        store: Store,
+        *,
+        flush_s: float,
+        failures_kept: int,
+        request_log_kept: int,
+        prices: Prices | None = None,
     ) -> None:
         self._store = store
+        self.prices = prices or Prices()
         self._flush_s = flush_s
         self._pending: dict[tuple[str, str, int], Counter[str]] = {}
         self._lock = asyncio.Lock()
@@ -122,22 +174,40 @@ class Metrics:
                 pending.update(amounts)
 
     def attempt(
-        self, task: str, attempt: Attempt, *, first: bool, reask: bool, paths: list[str]
+        self,
+        task: str,
+        attempt: Attempt,
+        *,
+        first: bool,
+        reask: bool,
+        paths: list[str],
+        tax: bool = False,
     ) -> None:
+        """Count one attempt; ``tax``: it is in the format tax (``tax.py`` says which are)."""
         m = attempt.model
         names = attempt_names(
             m, attempt.outcome, attempt.latency_ms, first=first, reask=reask, paths=paths
         )
         usage = attempt.usage
-        amounts = attempt_amounts(
-            m, attempt.outcome, attempt.latency_ms, usage.prompt_tokens, usage.completion_tokens
-        )
+        amounts = None
+        if tax:
+            amounts = tax_amounts(
+                m, attempt.latency_ms, usage.prompt_tokens, usage.completion_tokens
+            )
         self._count(task, names, time.time(), amounts)
         p = self.prometheus
         p.attempts.labels(task, m, attempt.outcome).inc()
         p.attempt_seconds.labels(task, m).observe(attempt.latency_ms / 1000)
-        p.tokens.labels(task, m, "prompt").inc(attempt.usage.prompt_tokens)
-        p.tokens.labels(task, m, "completion").inc(attempt.usage.completion_tokens)
+        p.tokens.labels(task, m, "prompt").inc(usage.prompt_tokens)
+        p.tokens.labels(task, m, "completion").inc(usage.completion_tokens)
+        if tax:
+            p.tax_attempts.labels(task, m).inc()
+            p.tax_tokens.labels(task, m, "prompt").inc(usage.prompt_tokens)
+            p.tax_tokens.labels(task, m, "completion").inc(usage.completion_tokens)
+            p.tax_seconds.labels(task, m).inc(attempt.latency_ms / 1000)
+            usd = self.prices.usd(m, usage.prompt_tokens, usage.completion_tokens)
+            if usd is not None:
+                p.tax_usd.labels(task, m).inc(usd)
 
     def request(self, record: RequestRecord) -> None:
         names = request_names(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 TASK_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # ASCII only, so that the pattern means the same in Python, Rust and ECMA-262 (the OpenAPI
@@ -54,6 +55,10 @@ class Route(Strict):
     max_tokens: int | None = Field(
         None, ge=1, le=32768, description="Default: scaled with the output schema's size."
     )
+    retires_on: date | None = Field(
+        None,
+        description="The provider's announced shutdown date: warned about ahead, skipped from it.",
+    )
 
 
 class Example(Strict):
@@ -67,6 +72,96 @@ class CachePolicy(Strict):
     )
 
 
+class PromotionRule(Strict):
+    """When live comparisons promote a candidate, and when a promotion is rolled back."""
+
+    min_comparisons: int = Field(
+        200, ge=1, le=1_000_000, description="Live inputs answered by both sides, at least."
+    )
+    valid_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="The candidate's schema-valid rate may be at most this far below the "
+        "current route's.",
+    )
+    min_field_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of the current route's top-level field values the candidate gave "
+        "too (over the comparisons where the current route's answer was valid).",
+    )
+    max_latency_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="The candidate's mean latency may be at most this multiple of the current "
+        "route's; None: not checked.",
+    )
+    auto_promote: bool = Field(
+        True, description="Promote when the rule is met; False records that it is met, once."
+    )
+    rollback_failure_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="After a promotion: roll back when the promoted route's format-failure rate "
+        "since the promotion rises above this.",
+    )
+    rollback_min_requests: int = Field(
+        50, ge=1, le=1_000_000, description="Requests on the promoted route before a rollback."
+    )
+    watch_s: int = Field(
+        86400,
+        ge=60,
+        le=90 * 86400,
+        description="How long after a promotion its failure rate is watched.",
+    )
+
+
+class Candidate(Strict):
+    """A route tried on live traffic beside the task's routes, and the rule that promotes it."""
+
+    route: Route
+    mode: Literal["shadow", "canary"] = Field(
+        "shadow",
+        description="shadow: the candidate also answers sampled requests after the caller has "
+        "been answered, and its answers are never returned; canary: sampled requests are "
+        "answered by the candidate first, falling back to the task's routes.",
+    )
+    share: float = Field(0.1, ge=0, le=1, description="Share of live requests sampled.")
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Off-path calls in flight per replica; a sampled request beyond it is "
+        "dropped (and counted), never queued.",
+    )
+    rule: PromotionRule = Field(default_factory=PromotionRule)
+
+
+BudgetLimitName = Literal["max_extra_tokens_per_request", "max_fallback_share"]
+
+
+class FormatBudget(Strict):
+    """What the format tax may cost a task (README, "The format tax and its budget")."""
+
+    max_extra_tokens_per_request: float | None = Field(
+        None, ge=0, description="Mean format-tax tokens per request that reached a model."
+    )
+    max_fallback_share: float | None = Field(
+        None, ge=0, le=1, description="Share of requests that reached a model and fell back."
+    )
+    window: Literal["15m", "1h", "24h"] = Field("1h", description="Measured over this window.")
+    min_requests: int = Field(
+        20, ge=1, description="Fewer requests in the window are never over the budget."
+    )
+    enforce: bool = Field(
+        False, description="While over the budget, skip the fallback routes (the first is tried)."
+    )
+
+
 class TaskSpec(Strict):
     """The body of ``PUT /v1/tasks/{task}`` and of a file in ``schemas/``."""
 
@@ -77,6 +172,44 @@ class TaskSpec(Strict):
     examples: list[Example] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     cache: CachePolicy = Field(default_factory=CachePolicy)
+    candidate: Candidate | None = Field(
+        None, description="A route measured on live traffic, promoted by its rule."
+    )
+
+    @field_validator("candidate")
+    @classmethod
+    def _new_model(cls, candidate: Candidate | None, info: ValidationInfo) -> Candidate | None:
+        routes: list[Route] = info.data.get("routes") or []
+        if candidate is not None and any(r.model == candidate.route.model for r in routes):
+            raise ValueError(
+                f"the candidate {candidate.route.model!r} is already one of the task's routes; "
+                "a candidate must be a model the task does not route to"
+            )
+        return candidate
+
+    format_budget: FormatBudget | None = None
+
+
+# Fields added after definitions were first stored: left out of a definition's digest while
+# unset, so that a definition registered before them keeps its digest (and its version).
+LATER_TASK_FIELDS = frozenset({"candidate", "format_budget"})
+LATER_ROUTE_FIELDS = frozenset({"retires_on"})
+
+
+def digest_form(spec: TaskSpec) -> dict[str, JsonValue]:
+    """The definition as its digest sees it (JSON, the later fields dropped while unset)."""
+    form = spec.model_dump(mode="json")
+    for name in LATER_TASK_FIELDS:
+        if form.get(name) is None:
+            form.pop(name, None)
+    routes = form.get("routes")
+    if isinstance(routes, list):
+        for route in routes:
+            if isinstance(route, dict):
+                for name in LATER_ROUTE_FIELDS:
+                    if route.get(name) is None:
+                        route.pop(name, None)
+    return form
 
 
 class TaskFile(TaskSpec):
@@ -89,6 +222,19 @@ class TaskFile(TaskSpec):
         return TaskSpec.model_validate(self.model_dump(exclude={"name"}))
 
 
+class Watch(Model):
+    """Set on the version an automatic promotion made: the routes it replaced, restored when
+    the promoted route's format-failure rate rises above the bound before ``until``."""
+
+    model: str = Field(description="The promoted route's model.")
+    previous_routes: list[Route]
+    promoted_from: int = Field(description="The version the candidate was measured on.")
+    failure_rate: float = Field(description="The rule's rollback_failure_rate.")
+    min_requests: int = Field(description="The rule's rollback_min_requests.")
+    since: float
+    until: float
+
+
 class TaskVersion(TaskSpec):
     """One immutable registered version."""
 
@@ -96,6 +242,9 @@ class TaskVersion(TaskSpec):
     version: int
     created_at: float
     digest: str
+    watch: Watch | None = Field(
+        None, description="Set by an automatic promotion (never by a registration)."
+    )
 
 
 class TaskSummary(Model):
@@ -170,6 +319,44 @@ class RunResult(Model):
     request_id: str
 
 
+class FormatTax(Model):
+    """What re-asks and fallbacks cost beyond one valid first attempt: every attempt of a
+    request except its first attempt when that one's output was used."""
+
+    attempts: int = Field(0, description="Attempts counted in the tax.")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ms: int = Field(0, description="Milliseconds those attempts took.")
+    usd: float | None = Field(
+        0.0, description="Their price; None when a model in them has no known price."
+    )
+    tokens_per_request: float | None = Field(
+        None, description="Means over the requests that reached a model (cache hits left out)."
+    )
+    ms_per_request: float | None = None
+    usd_per_request: float | None = None
+
+
+class BudgetFigure(Model):
+    limit: BudgetLimitName
+    bound: float
+    value: float | None = Field(description="The window's figure; None with no requests.")
+    exceeded: bool
+
+
+class BudgetStatus(Model):
+    """A task's format budget against its window's figures."""
+
+    window: str
+    requests: int = Field(description="Requests in the window that reached a model.")
+    min_requests: int
+    over_budget: bool
+    exceeded: list[BudgetLimitName] = Field(default_factory=list)
+    figures: list[BudgetFigure] = Field(default_factory=list)
+    enforce: bool
+    enforced: bool = Field(description="Over the budget and enforced: fallbacks are skipped.")
+
+
 class ModelStats(Model):
     requests: int = Field(0, description="Requests served (finally) by this model.")
     attempts: int = 0
@@ -187,6 +374,7 @@ class ModelStats(Model):
     failing_paths: list[tuple[str, int]] = Field(default_factory=list)
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
+    format_tax: FormatTax = Field(default_factory=FormatTax)
 
 
 class TaskStats(Model):
@@ -203,6 +391,10 @@ class TaskStats(Model):
     latency_ms_p95: float | None = None
     total: ModelStats
     models: dict[str, ModelStats]
+    format_tax: FormatTax = Field(default_factory=FormatTax, description="Every model's.")
+    format_budget: BudgetStatus | None = Field(
+        None, description="The task's format budget, over the budget's own window."
+    )
 
 
 class FailureRecord(Model):
@@ -214,6 +406,79 @@ class FailureRecord(Model):
     outcome: Outcome
     errors: list[ErrorItem]
     raw_output: str
+
+
+# -- candidates: /v1/tasks/{task}/candidate and /v1/tasks/{task}/decisions --
+
+
+class SideFigures(Model):
+    """One side of the comparisons: the candidate, or the current first route."""
+
+    valid_rate: float | None = Field(None, description="Schema-valid after its re-asks.")
+    latency_ms_mean: float | None = Field(None, description="All its attempts on an input.")
+    prompt_tokens_mean: float | None = None
+    completion_tokens_mean: float | None = None
+
+
+class CandidateFigures(Model):
+    """A candidate's live figures on one task version."""
+
+    version: int
+    model: str
+    comparisons: int = Field(description="Live inputs answered by both sides.")
+    drops: int = Field(description="Sampled requests dropped at the concurrency cap.")
+    candidate: SideFigures
+    current: SideFigures
+    references: int = Field(
+        description="Comparisons whose current answer was valid: the base of agreement."
+    )
+    exact_agreement: float | None = Field(None, description="The same answer as a whole.")
+    field_agreement: float | None = Field(
+        None, description="The same value, over every top-level field of the current answers."
+    )
+    fields: dict[str, float] = Field(default_factory=dict, description="Agreement per field.")
+
+
+class WatchFigures(Model):
+    """The promoted route since its promotion."""
+
+    version: int
+    model: str
+    requests: int = Field(description="Requests that tried the promoted route.")
+    answered: int = Field(description="Its attempts that got an answer.")
+    format_failures: int
+    format_failure_rate: float | None
+
+
+class CandidateReport(Model):
+    task: str
+    version: int
+    candidate: Candidate | None
+    figures: CandidateFigures | None
+    unmet: list[str] = Field(
+        default_factory=list, description="What the rule still waits for (empty: met)."
+    )
+    watch: Watch | None = None
+    watched: WatchFigures | None = None
+
+
+class RolloutDecision(Model):
+    """A promotion or rollback made by a candidate's rule, with its evidence."""
+
+    at: float
+    task: str
+    action: Literal["promoted", "rolled_back", "ready"] = Field(
+        description="ready: the rule is met but auto_promote is off."
+    )
+    model: str = Field(description="The candidate, or the promoted route rolled back.")
+    from_version: int
+    version: int | None = Field(description="The version the decision made, if any.")
+    reason: str
+    routes: list[Route] = Field(description="The task's routes after the decision.")
+    rule: PromotionRule | None = None
+    figures: CandidateFigures | None = None
+    watch: Watch | None = None
+    watched: WatchFigures | None = None
 
 
 # -- fine-tune jobs: what /v1/tasks/{task}/finetunes takes and /v1/finetunes/{id} returns --

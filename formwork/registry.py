@@ -11,6 +11,7 @@ then (a promotion, an API update) is never replaced by a file, and a deletion is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -27,9 +28,18 @@ from redis.commands.core import AsyncScript
 from . import keys
 from .digests import digest
 from .errors import InvalidSchema, TaskNotFound, Unavailable
-from .protocol import Registered, TaskFile, TaskSpec, TaskSummary, TaskVersion
+from .protocol import (
+    Registered,
+    TaskFile,
+    TaskSpec,
+    TaskSummary,
+    TaskVersion,
+    Watch,
+    digest_form,
+)
 from .store import Store, StoreDown
-from .validation import Validators, check_task
+from .validation import Validators, check_task, worker_validators
+from .workers import WorkerLost
 
 log = logging.getLogger(__name__)
 REDIS_DOWN = (
@@ -89,6 +99,34 @@ return 1
 """
 
 
+# Compare-and-set: a new version only while the task is at the version (and sequence number) the
+# caller read, with a journal entry pushed in the same step. KEYS: task hash, tasks set, new
+# version key, journal list. ARGV: digest, version blob, name, current, seq, entry, kept, ttl.
+# Returns 1 when registered, 0 when the task moved on.
+REGISTER_IF = """
+local found = redis.call('HMGET', KEYS[1], 'current', 'seq')
+if found[1] ~= ARGV[4] or found[2] ~= ARGV[5] then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'current', n, 'digest', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('LPUSH', KEYS[4], ARGV[6])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
+redis.call('EXPIRE', KEYS[4], ARGV[8])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """An entry pushed on a capped, expiring list together with a conditional registration."""
+
+    key: str
+    entry: str
+    kept: int
+    ttl_s: int
+
+
 @dataclass(slots=True)
 class Current:
     task: TaskVersion
@@ -97,7 +135,23 @@ class Current:
 
 
 def spec_digest(spec: TaskSpec) -> str:
-    return digest(spec.model_dump(mode="json"))
+    return digest(digest_form(spec))
+
+
+def checked(
+    spec: TaskSpec, validators: Validators, *, watch: Watch | None = None
+) -> tuple[str, str]:
+    """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
+    check_task(spec, validators)
+    found = spec_digest(spec)
+    stored = {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
+    if watch is not None:
+        stored["watch"] = watch.model_dump(mode="json")
+    return found, json.dumps(stored)
+
+
+def checked_in_worker(spec: TaskSpec) -> tuple[str, str]:
+    return checked(spec, worker_validators())
 
 
 class Registry:
@@ -121,33 +175,62 @@ class Registry:
         self._register = store.redis.register_script(REGISTER)
         self._seed = store.redis.register_script(SEED)
         self._restore = store.redis.register_script(RESTORE)
-
-    def _checked(self, spec: TaskSpec) -> tuple[str, str]:
-        """The spec's digest and stored form, once it is checked (InvalidSchema otherwise)."""
-        check_task(spec, self._validators)
-        found = spec_digest(spec)
-        blob = json.dumps(
-            {"created_at": time.time(), "digest": found, "spec": spec.model_dump(mode="json")}
-        )
-        return found, blob
+        self._register_if = store.redis.register_script(REGISTER_IF)
 
     async def put(self, name: str, spec: TaskSpec) -> Registered:
         version, state, _ = await self._apply(self._register, name, spec)
-        return self._registered(name, spec, version, state)
+        return await self._registered(name, spec, version, state)
+
+    async def put_if(
+        self,
+        name: str,
+        spec: TaskSpec,
+        *,
+        current: int,
+        journal: Callable[[int], Journal],
+        watch: Watch | None = None,
+    ) -> int | None:
+        """Register ``spec`` as a new version only while ``current`` is the task's current
+        version, across replicas, and push ``journal(version)`` in the same step. The new
+        version, or None when the task moved on (another replica did it, or an update)."""
+        try:
+            at, seq = await self._store.call(lambda r: r.hmget(keys.task(name), ["current", "seq"]))
+            if at is None or seq is None or int(at) != current:
+                return None
+            version = int(seq) + 1
+            found_digest, blob = checked(spec, self._validators, watch=watch)
+            note = journal(version)
+            done = await self._store.call(
+                lambda r: self._register_if(
+                    keys=[keys.task(name), keys.TASKS, keys.task_version(name, version), note.key],
+                    args=[found_digest, blob, name, at, seq, note.entry, note.kept, note.ttl_s],
+                    client=r,
+                )
+            )
+        except StoreDown as e:
+            raise Unavailable(REDIS_DOWN) from e
+        self._current.pop(name, None)
+        return version if done else None
 
     async def _apply(
-        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str
+        self, script: AsyncScript, name: str, spec: TaskSpec, *extra: str, shipped: bool = False
     ) -> tuple[int, int, int]:
-        # Checking, hashing and dumping a large definition takes a while (the meta-schema alone
-        # ~1 ms per property): on the validation thread, so that the event loop keeps serving.
+        # Checking a definition costs ~5 ms per kilobyte (the meta-schema): in a worker process
+        # unless it is off_loop_chars long at most, so that the event loop keeps serving.
+        # Shipped files (a few, of known size) are checked inline: at start-up they are then
+        # listed at once, not after the first worker process has started.
         try:
-            small = len(spec.model_dump_json()) < self._validators.limits.off_loop_chars
+            size = len(spec.model_dump_json())
         except ValueError:  # not JSON text (a lone surrogate): the check refuses it at once
-            small = True
-        if small:  # inline, as fast as a thread hop; shipped tasks are seeded without delay
-            found, blob = self._checked(spec)
+            size = 0
+        small = shipped or size <= self._validators.limits.off_loop_chars
+        if small:
+            found, blob = checked(spec, self._validators)
         else:
-            found, blob = await self._validators.off_loop(self._checked, spec)
+            try:
+                found, blob = await self._validators.off_loop(checked_in_worker, spec)
+            except WorkerLost as e:
+                raise Unavailable(f"the definition could not be checked: {e}") from e
         try:
             reply = await self._store.call(
                 lambda r: script(
@@ -162,13 +245,16 @@ class Registry:
         version, state, *rest = (int(x) for x in reply)
         return version, state, rest[0] if rest else version
 
-    def _registered(self, name: str, spec: TaskSpec, version: int, state: int) -> Registered:
+    async def _registered(self, name: str, spec: TaskSpec, version: int, state: int) -> Registered:
+        warnings = []
+        if self._warn is not None:  # they translate the schema (~50 ms for 250 kB) and walk it
+            warnings = await asyncio.to_thread(self._warn, spec)
         return Registered(
             task=name,
             version=version,
             created=state == 2,
             changed=state in (1, 2),
-            warnings=self._warn(spec) if self._warn else [],
+            warnings=warnings,
         )
 
     async def current(self, name: str) -> Current:
@@ -219,6 +305,7 @@ class Registry:
             version=version,
             created_at=data["created_at"],
             digest=data["digest"],
+            watch=data.get("watch"),
         )
         self._versions[(name, version)] = task
         if len(self._versions) > 4096:
@@ -285,8 +372,10 @@ class Registry:
 
     async def _load_one(self, file: TaskFile) -> Registered:
         spec = file.spec()
-        applied = digest(file.model_dump(mode="json"))
-        version, state, by_file = await self._apply(self._seed, file.name, spec, applied)
+        applied = digest(digest_form(file))
+        version, state, by_file = await self._apply(
+            self._seed, file.name, spec, applied, shipped=True
+        )
         if state == 3:
             log.warning(
                 "task %s: %s changed, but version %d was registered after the file's version %d;"
@@ -297,7 +386,7 @@ class Registry:
             log.info("task %s: deleted, its shipped file unchanged: not re-created", file.name)
         else:
             log.info("task %s: version %d%s", file.name, version, "" if state else " (unchanged)")
-        return self._registered(file.name, spec, version, state)
+        return await self._registered(file.name, spec, version, state)
 
     def ship(self, files: list[TaskFile]) -> None:
         """The shipped task files, applied by ``republish`` and re-seeded when Redis loses them."""
@@ -355,7 +444,10 @@ class Registry:
         known = self._known[name]
         task = known.task
         spec = task.model_dump(mode="json", include=set(TaskSpec.model_fields))
-        blob = json.dumps({"created_at": task.created_at, "digest": task.digest, "spec": spec})
+        stored = {"created_at": task.created_at, "digest": task.digest, "spec": spec}
+        if task.watch is not None:
+            stored["watch"] = task.watch.model_dump(mode="json")
+        blob = json.dumps(stored)
         try:
             done = await self._store.call(
                 lambda r: self._restore(

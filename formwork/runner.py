@@ -4,6 +4,8 @@ re-ask → fall back → cache → count. Unvalidated output is never returned a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -11,16 +13,18 @@ from pydantic import JsonValue
 
 from . import budget, prompts
 from .cache import Cache, Cached, cache_key
+from .candidates import Candidates, Mode, Side
 from .config import Limits
+from .dialects import Translation
 from .digests import canonical
 from .errors import AllRoutesFailed, DeadlineExceeded, Forbidden, InvalidInput, Unavailable
 from .flight import SingleFlight
-from .limits import json_hazards
+from .guard import Guard, Plan
 from .metrics import Metrics, RequestRecord
-from .parsing import extract_json
 from .protocol import (
     VALID_OUTCOMES,
     Attempt,
+    BudgetStatus,
     ErrorItem,
     Outcome,
     Route,
@@ -32,10 +36,14 @@ from .protocol import (
 from .providers import Providers
 from .providers.base import ChatRequest, ChatResult, Message, ProviderError
 from .registry import Registry
-from .validation import Validator, Validators, json_path
+from .validation import Validator, Validators, input_problem, input_problem_in_worker
+from .verdicts import Verdict, early, judged, judged_in_worker, unjudged
+from .workers import WorkerLost
 
 RAW_OUTPUT_KEPT = 8192
 DEADLINE_MARGIN_S = 0.05
+REPAIR_WEIGHT = 16  # answers up to off_loop_chars / 16 long are repaired on the event loop
+TRANSLATE_INLINE_CHARS = 8192  # a schema this small is translated on the event loop (~1 ms)
 
 
 @dataclass
@@ -50,42 +58,10 @@ class Run:
     fell_back: bool = False
     re_asked: bool = False
     retry_after: float | None = None
+    recorded: bool = True  # False: an off-path call, kept out of the stats and logs
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    outcome: Outcome
-    value: JsonValue = None
-    errors: list[ErrorItem] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-
-def judge(result: ChatResult, validator: Validator) -> Verdict:
-    """Name what the model answered: valid, repaired, or how it is wrong. The cost is bounded
-    by ``validator.limits``: answer length, repair length, nesting depth, errors kept."""
-    limits = validator.limits
-    if result.refusal or result.finish_reason == "content_filter":
-        reason = (result.refusal or "content filter")[: limits.error_chars]
-        return Verdict("refusal", errors=[ErrorItem(path="$", message=f"refused: {reason}")])
-    if result.finish_reason == "length":
-        message = "the answer was cut off at max_tokens; answer more briefly"
-        return Verdict("truncated", errors=[ErrorItem(path="$", message=message)])
-    if len(result.text) > limits.answer_chars:
-        message = (
-            f"the answer is {len(result.text)} characters long, over the limit of "
-            f"{limits.answer_chars}; answer more briefly"
-        )
-        return Verdict("invalid_json", errors=[ErrorItem(path="$", message=message)])
-    parsed = extract_json(result.text, repair_chars=limits.repair_chars)
-    if parsed is None:
-        return Verdict("invalid_json", errors=[ErrorItem(path="$", message="no JSON value found")])
-    report = validator.check(parsed.value)
-    if report.errors:
-        return Verdict("schema_violation", errors=report.errors, paths=report.paths)
-    return Verdict("repaired" if parsed.repaired else "valid", value=parsed.value)
 
 
 class Runner:
@@ -101,8 +77,11 @@ class Runner:
         deadline_s: float,
         retry_after_max_s: float,
         limits: Limits | None = None,
+        guard: Guard | None = None,
+        candidates: Candidates | None = None,
     ) -> None:
         self.registry = registry
+        self.guard = guard
         self.providers = providers
         self.cache = cache
         self.flights = flights
@@ -111,6 +90,7 @@ class Runner:
         self.deadline_s = deadline_s
         self.retry_after_max_s = retry_after_max_s
         self.limits = limits or validators.limits
+        self.candidates = candidates
 
     async def run(
         self,
@@ -130,9 +110,12 @@ class Runner:
             task = await self.registry.version(name, options.version)
         await self._check_input(task, value)
         chain = self._chain(task, options.route, any_route=any_route)
+        mode = self._sample(task, options)
+        if mode == "canary" and task.candidate is not None:
+            chain = [task.candidate.route, *chain]
         key = cache_key(task.name, task.version, current.cache_gen, [r.model for r in chain], value)
         run = Run(task, request_id, started + self.deadline_s)
-        ok, cached, hit = False, False, None
+        ok, cached, hit, ended = False, False, None, True
         try:
             async with asyncio.timeout(self.deadline_s):
                 hit, cached = await self._answer(run, chain, value, key, options)
@@ -142,6 +125,9 @@ class Runner:
                 f"no valid output within the {self.deadline_s:g} s deadline",
                 attempts=[a.model_dump() for a in run.attempts],
             ) from e
+        except asyncio.CancelledError:
+            ended = False  # the caller went away: neither a comparison nor a watched request
+            raise
         finally:
             self.metrics.request(
                 RequestRecord(
@@ -157,6 +143,8 @@ class Runner:
                     repaired=ok and not cached and _ended_repaired(run.attempts),
                 )
             )
+            if self.candidates is not None and run.attempts and ended:
+                self._follow_up(run, chain, value, mode, hit if ok else None)
         attempts = [] if cached else run.attempts
         return RunResult(
             output=hit.output,
@@ -192,30 +180,78 @@ class Runner:
 
     async def _check_input(self, task: TaskVersion, value: JsonValue) -> None:
         """422 for an input that is not JSON text (lone surrogates, NaN), nests too deep, or
-        fails the task's ``input_schema``; a large input is checked on the validation thread."""
+        fails the task's ``input_schema``; a large input, or one on a costly schema, is checked
+        in a worker process."""
+        schema = task.input_schema
         try:
-            small = len(canonical(value)) < self.limits.off_loop_chars
-        except (RecursionError, ValueError):
-            small = False
-        if small:
-            self._refuse_input(task, value)
+            chars = len(canonical(value))
+        except (RecursionError, ValueError):  # not JSON text, or too deep: the check says which
+            light = False
         else:
-            await self.validators.off_loop(self._refuse_input, task, value)
+            if schema is None:
+                light = chars <= self.limits.off_loop_chars
+            else:
+                light = self.validators.get(schema).light(chars)
+        if light:
+            problem = input_problem(task.name, schema, value, self.validators)
+        else:
+            try:
+                problem = await self.validators.off_loop(
+                    input_problem_in_worker, task.name, schema, value
+                )
+            except WorkerLost as e:
+                raise InvalidInput(
+                    "the input could not be validated",
+                    errors=[{"path": "$.input", "message": str(e)}],
+                ) from e
+        if problem is not None:
+            raise problem
 
-    def _refuse_input(self, task: TaskVersion, value: JsonValue) -> None:
-        hazard = next(json_hazards(value, max_depth=self.limits.json_depth), None)
-        if hazard is not None:
-            path, message = hazard
-            raise InvalidInput(
-                "the input is not valid JSON",
-                errors=[{"path": json_path(("input", *path)), "message": message}],
-            )
-        errors = self.input_errors(task, value)
-        if errors:
-            raise InvalidInput(
-                f"the input does not match task {task.name!r}'s input_schema",
-                errors=[e.model_dump() for e in errors],
-            )
+    def _sample(self, task: TaskVersion, options: RunOptions) -> Mode | None:
+        """Whether this request is one of the candidate's comparisons (never when the caller
+        pinned a route or a version)."""
+        if self.candidates is None or options.route is not None or options.version is not None:
+            return None
+        return self.candidates.sample(task)
+
+    def _follow_up(
+        self, run: Run, chain: list[Route], value: JsonValue, mode: Mode | None, hit: Cached | None
+    ) -> None:
+        """After the caller's answer, off the request path: the watch of a promotion, and the
+        comparison this request was sampled for (the other side's call when it is missing)."""
+        candidates, task = self.candidates, run.task
+        assert candidates is not None
+        candidates.observe(task, run.attempts)
+        if mode is None or task.candidate is None:
+            return
+        first = _leading(run.attempts, chain[0].model)
+        side = Side.of(first, hit.output if hit and hit.model == chain[0].model else None)
+        if mode == "shadow":
+            candidate = task.candidate.route
+            candidates.off_path(task, lambda: self._compare(run, candidate, value, side))
+            return
+        rest = _leading(run.attempts[len(first) :], chain[1].model)
+        if side.valid or not rest:  # the current route did not answer this input: call it
+            candidates.off_path(task, lambda: self._compare(run, chain[1], value, side))
+        else:
+            current = Side.of(rest, hit.output if hit and hit.model == chain[1].model else None)
+            candidates.compare(task, side, current)
+
+    async def _compare(self, run: Run, route: Route, value: JsonValue, known: Side) -> None:
+        """Call the side of a comparison the caller's request did not, and record it."""
+        task, candidates = run.task, self.candidates
+        assert candidates is not None
+        assert task.candidate is not None
+        other = Run(task, run.request_id, time.monotonic() + self.deadline_s, recorded=False)
+        output: JsonValue = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.deadline_s):
+                output = await self.try_route(other, route, value)
+        side = Side.of(other.attempts, output)
+        if route.model == task.candidate.route.model:
+            await candidates.record(task, side, known)
+        else:
+            await candidates.record(task, known, side)
 
     def _chain(self, task: TaskVersion, override: str | None, *, any_route: bool) -> list[Route]:
         if override is None:
@@ -249,7 +285,12 @@ class Runner:
         return Run(task, request_id, time.monotonic() + self.deadline_s)
 
     async def _execute(self, run: Run, chain: list[Route], value: JsonValue) -> Cached:
+        plan = self.guard.plan(run.task, chain) if self.guard else Plan(chain)
+        chain, skipped = plan.routes, []
         for index, route in enumerate(chain):
+            if index and plan.over_budget is not None:  # an enforced budget: no fallback
+                skipped = chain[index:]
+                break
             run.fell_back = run.fell_back or index > 0
             output = await self.try_route(run, route, value)
             if output is not None:
@@ -269,6 +310,18 @@ class Runner:
                 retry_after=min(run.retry_after or 1.0, self.limits.retry_after_s),
                 attempts=[a.model_dump() for a in run.attempts],
             )
+        if skipped and plan.over_budget is not None:
+            if self.guard:
+                self.guard.skipped_fallbacks(run.task.name, skipped)
+            raise _over_budget(run, skipped, plan.over_budget)
+        if not chain:
+            retired = ", ".join(f"{r.model!r}" for r in plan.retired)
+            raise AllRoutesFailed(
+                f"every route of task {run.task.name!r} has retired ({retired}): "
+                "register a replacement route",
+                attempts=[],
+                retired=[r.model for r in plan.retired],
+            )
         raise AllRoutesFailed(
             f"no route produced output valid for task {run.task.name!r}",
             attempts=[a.model_dump() for a in run.attempts],
@@ -283,8 +336,9 @@ class Runner:
         """One route, one input: up to ``max_attempts`` calls (re-asking with the validation
         errors); the valid output, or None to fall back. Every attempt lands in ``run``."""
         validator = self.validators.get(run.task.output_schema)
-        engine_schema = validator.translation.schema if route.constrained else None
-        max_tokens = route.max_tokens or budget.default_max_tokens(validator.translation.schema)
+        translation = await self._translation(validator)
+        engine_schema = translation.schema if route.constrained else None
+        max_tokens = route.max_tokens or budget.default_max_tokens(translation.schema)
         messages = self._messages(run.task, route, value)
         static = len(messages) - 1  # everything before the input
         try:
@@ -324,10 +378,12 @@ class Runner:
                 if await self._waited(run, e, more=n < route.max_attempts):
                     continue
                 return None
-            if len(result.text) < self.limits.off_loop_chars:
-                verdict = judge(result, validator)
-            else:  # a long answer: off the event loop, so that it keeps serving
-                verdict = await self.validators.off_loop(judge, result, validator)
+            try:
+                verdict = await self._judge(result, validator)
+            except asyncio.CancelledError as e:  # the deadline or the client cut the validation
+                why = str(e.args[0]) if e.args else "the request deadline ended the validation"
+                self._record(run, _attempt(route, "timeout", why, t0, usage=result.usage), n=n)
+                raise
             attempt = _attempt(route, verdict.outcome, verdict.errors, t0, usage=result.usage)
             self._record(run, attempt, n=n, paths=verdict.paths, raw=result.text)
             if verdict.outcome in VALID_OUTCOMES:
@@ -340,6 +396,33 @@ class Runner:
                 if verdict.outcome == "truncated":
                     max_tokens = budget.larger(max_tokens)
         return None
+
+    async def _translation(self, validator: Validator) -> Translation:
+        """The schema's 2020-12 form, made once per schema: a large one on a thread (a deep
+        copy of a 250 kB schema takes ~50 ms)."""
+        if "translation" in validator.__dict__ or validator.size <= TRANSLATE_INLINE_CHARS:
+            return validator.translation
+        return await asyncio.to_thread(lambda: validator.translation)
+
+    async def _judge(self, result: ChatResult, validator: Validator) -> Verdict:
+        """The verdict on an answer. A long one, one on a costly schema, or one that needs
+        lenient repair is parsed and validated in a worker process, so that the event loop
+        keeps serving and the deadline can stop the work."""
+        verdict = early(result, validator)
+        if verdict is not None:
+            return verdict
+        chars = len(result.text)
+        if validator.light(chars):  # lenient repair is slow (200 ms for 900 characters)
+            repair = chars * REPAIR_WEIGHT <= self.limits.off_loop_chars
+            verdict = judged(result.text, validator, repair=repair)
+            if verdict is not None:
+                return verdict
+        try:
+            return await self.validators.off_loop(
+                judged_in_worker, validator.digest, validator.schema, result.text
+            )
+        except WorkerLost as e:
+            return unjudged(str(e))
 
     async def _waited(self, run: Run, error: ProviderError, *, more: bool) -> bool:
         """After a failed call: wait out a short ``Retry-After`` when another attempt may follow."""
@@ -367,8 +450,12 @@ class Runner:
         raw: str = "",
     ) -> None:
         run.attempts.append(attempt)
+        if not run.recorded:
+            return
         task = run.task.name
-        self.metrics.attempt(task, attempt, first=n == 1, reask=n > 1, paths=paths or [])
+        # the format tax: every attempt but a request's first one whose output was used
+        tax = len(run.attempts) > 1 or attempt.outcome not in VALID_OUTCOMES
+        self.metrics.attempt(task, attempt, first=n == 1, reask=n > 1, paths=paths or [], tax=tax)
         if attempt.outcome not in ("valid", "repaired"):
             self.metrics.streams.failure(
                 task,
@@ -377,6 +464,25 @@ class Runner:
                 attempt=attempt,
                 raw_output=raw[:RAW_OUTPUT_KEPT],
             )
+
+
+def _leading(attempts: list[Attempt], model: str) -> list[Attempt]:
+    """The attempts one route made at the start of ``attempts``."""
+    return list(itertools.takewhile(lambda a: a.model == model, attempts))
+
+
+def _over_budget(run: Run, skipped: list[Route], status: BudgetStatus) -> AllRoutesFailed:
+    over = ", ".join(
+        f"{f.limit} {f.value:g} > {f.bound:g}" for f in status.figures if f.exceeded and f.value
+    )
+    models = ", ".join(repr(r.model) for r in skipped)
+    return AllRoutesFailed(
+        f"the first route gave no valid output, and task {run.task.name!r} is over its format "
+        f"budget ({over}, over {status.window}): its fallback routes ({models}) were skipped",
+        attempts=[a.model_dump() for a in run.attempts],
+        skipped=[r.model for r in skipped],
+        format_budget=status.model_dump(mode="json"),
+    )
 
 
 def _ended_repaired(attempts: list[Attempt]) -> bool:

@@ -13,7 +13,9 @@ from . import keys
 from .counters import ModelCounts, TaskCounts, bucket_latency, decode
 from .errors import InvalidInput
 from .metrics import Metrics
-from .protocol import FORMAT_FAILURES, ModelStats, TaskStats
+from .prices import Prices
+from .protocol import FORMAT_FAILURES, FormatTax, ModelStats, TaskStats
+from .tax import format_taxes
 
 Window = Literal["15m", "1h", "24h", "7d"]
 WINDOWS = {"15m": ("m", 15), "1h": ("m", 60), "24h": ("h", 24), "7d": ("h", 168)}
@@ -56,7 +58,7 @@ def outcome_failure_rate(outcomes: Mapping[str, int]) -> float | None:
     return _rate(*outcome_failures(outcomes))
 
 
-def _model_stats(counts: ModelCounts) -> ModelStats:
+def _model_stats(counts: ModelCounts, tax: FormatTax) -> ModelStats:
     outcomes = counts.outcomes
     failures, answered = format_failures(counts)
     return ModelStats(
@@ -72,6 +74,7 @@ def _model_stats(counts: ModelCounts) -> ModelStats:
         failing_paths=counts.paths.most_common(TOP_PATHS),
         latency_ms_p50=percentile(counts.latency, 0.5),
         latency_ms_p95=percentile(counts.latency, 0.95),
+        format_tax=tax,
     )
 
 
@@ -129,8 +132,12 @@ async def task_series(
     return Series(window, resolution, starts, [decode(c) for c in raw], decode(summed))
 
 
-def stats_of(task: str, window: str, counts: TaskCounts) -> TaskStats:
-    """``TaskStats`` of decoded counters (what ``/v1/tasks/{task}/stats`` answers)."""
+def stats_of(
+    task: str, window: str, counts: TaskCounts, *, prices: Prices | None = None
+) -> TaskStats:
+    """``TaskStats`` of decoded counters (what ``/v1/tasks/{task}/stats`` answers, less the
+    budget's status)."""
+    taxes, total_tax = format_taxes(counts, prices or Prices())
     return TaskStats(
         task=task,
         window=window,
@@ -143,11 +150,17 @@ def stats_of(task: str, window: str, counts: TaskCounts) -> TaskStats:
         final_failure_rate=_rate(counts.failed, counts.ok + counts.failed),
         latency_ms_p50=percentile(counts.latency, 0.5),
         latency_ms_p95=percentile(counts.latency, 0.95),
-        total=_model_stats(counts.total()),
-        models={m: _model_stats(c) for m, c in sorted(counts.models.items())},
+        total=_model_stats(counts.total(), total_tax),
+        models={m: _model_stats(c, taxes[m]) for m, c in sorted(counts.models.items())},
+        format_tax=total_tax,
     )
 
 
-async def task_stats(metrics: Metrics, task: str, window: str) -> TaskStats:
+async def task_counts(metrics: Metrics, task: str, window: str) -> TaskCounts:
     resolution, buckets = window_buckets(window)
-    return stats_of(task, window, decode(await metrics.counters(task, resolution, buckets)))
+    return decode(await metrics.counters(task, resolution, buckets))
+
+
+async def task_stats(metrics: Metrics, task: str, window: str) -> TaskStats:
+    counts = await task_counts(metrics, task, window)
+    return stats_of(task, window, counts, prices=metrics.prices)

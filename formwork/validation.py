@@ -9,13 +9,12 @@ hashes instead of comparing every pair, and what is validated is bounded in size
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,13 +27,21 @@ from referencing.exceptions import Unresolvable
 from . import dialects, patterns
 from .config import Limits
 from .digests import canonical, digest
-from .errors import InvalidSchema
+from .errors import InvalidInput, InvalidSchema
 from .limits import capped, json_hazards
 from .protocol import ErrorItem, JsonSchema, TaskSpec
 from .subschemas import NO_FETCH, REF_KEYWORDS, reference_errors, subschemas
+from .workers import Workers
 
 T = TypeVar("T")
 FORMATS = patterns.formats()
+INLINE_SCHEMA_BYTES = 1024  # see Validator.light
+# Keywords that may validate one value against many subschemas, or the same one many times:
+# their cost is not bounded by the sizes of the value and the schema alone.
+BRANCHING = frozenset(
+    {"anyOf", "oneOf", "allOf", "not", "if", "contains", "$ref", "$dynamicRef", "$recursiveRef",
+     "dependentSchemas", "dependencies", "unevaluatedItems", "unevaluatedProperties"}
+)  # fmt: skip
 
 
 def json_path(parts: Iterable[str | int], *, wildcard: bool = False) -> str:
@@ -169,15 +176,38 @@ class Validator:
     """A compiled validator for one schema, in its own dialect. Collects every error with its
     path in one pass; ``translation`` is the 2020-12 form that engines and providers are given."""
 
-    def __init__(self, schema: JsonSchema, limits: Limits | None = None) -> None:
+    def __init__(
+        self, schema: JsonSchema, limits: Limits | None = None, *, digest: str | None = None
+    ) -> None:
         self.schema = schema
         self.limits = limits or Limits()
+        self.digest = digest or schema_digest(schema)
         cls = bounded(dialects.validator_class(schema))
         self._validator = cls(schema, format_checker=FORMATS, registry=NO_FETCH)
 
     @functools.cached_property
     def translation(self) -> dialects.Translation:
         return dialects.translate(self.schema)
+
+    @functools.cached_property
+    def weight(self) -> float:
+        """What validating one character of a value may cost, as a schema size: the schema's
+        size, at least 1 KiB (an object of the value may be checked against each property of
+        the schema), and infinite when a keyword may branch or repeat (``anyOf``, ``$ref``...)."""
+        if any(BRANCHING.intersection(node) for _, node in subschemas(self.schema)):
+            return math.inf
+        return float(max(self.size, INLINE_SCHEMA_BYTES))
+
+    @functools.cached_property
+    def size(self) -> int:
+        """The schema's size in characters (compact JSON)."""
+        return len(canonical(self.schema))
+
+    def light(self, chars: int) -> bool:
+        """Whether a value of ``chars`` characters is cheap enough to validate on the event loop
+        (jsonschema spends 10-25 µs per value): at most ``limits.off_loop_chars`` on a schema
+        of 1 KiB or less, fewer on a larger one, none on a schema with branching keywords."""
+        return chars * self.weight <= self.limits.off_loop_chars * INLINE_SCHEMA_BYTES
 
     def check(self, instance: JsonValue) -> Report:
         """Errors with their paths, and where it fails with indices folded
@@ -208,40 +238,98 @@ class Validator:
 
 
 class Validators:
-    """Compiled validators by schema digest, built once and reused (bounded LRU), and the one
-    worker thread that long validations run on (``off_loop``)."""
+    """Compiled validators by schema digest, built once and reused (bounded LRU), and the
+    worker processes that work on large values runs in (``off_loop``)."""
 
     def __init__(self, size: int = 512, *, limits: Limits | None = None) -> None:
         self._size = size
         self.limits = limits or Limits()
         self._cache: OrderedDict[str, Validator] = OrderedDict()
+        self._by_id: OrderedDict[int, tuple[JsonSchema, Validator]] = OrderedDict()
         self._lock = threading.Lock()
-        self._worker: ThreadPoolExecutor | None = None
+        processes = self.limits.off_loop_processes
+        self.workers = Workers(processes, initializer=_start_worker, args=(self.limits,))
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the validation thread. One thread: the event loop then waits at most
-        one GIL switch interval (5 ms) to run, where several busy threads would keep it waiting
-        longer; long validations queue behind each other instead."""
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation")
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        """``fn(*args)`` in a worker process, where it holds no GIL the event loop needs: its
+        result or what it raised (WorkerLost when the process died twice). ``fn`` is a
+        module-level function; the worker's own validators are ``worker_validators()``. A
+        caller that stops waiting (deadline, disconnect) has the process killed and replaced."""
+        return await self.workers.call(fn, *args)
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.shutdown(wait=True, cancel_futures=True)
-            self._worker = None
+        self.workers.close()
 
-    def get(self, schema: JsonSchema) -> Validator:
-        key = schema_digest(schema)
-        with self._lock:  # also used from worker threads (registration, long answers)
+    def get(self, schema: JsonSchema, *, digest: str | None = None) -> Validator:
+        """The validator for ``schema``. The same schema object (a registered version's) is
+        found without hashing it again; the object is held, so its id is not reused."""
+        with self._lock:
+            held = self._by_id.get(id(schema))
+            if held is not None and held[0] is schema:
+                self._by_id.move_to_end(id(schema))
+                return held[1]
+        validator = self._get(schema, digest or schema_digest(schema))
+        with self._lock:
+            self._by_id[id(schema)] = (schema, validator)
+            if len(self._by_id) > self._size:
+                self._by_id.popitem(last=False)
+        return validator
+
+    def _get(self, schema: JsonSchema, key: str) -> Validator:
+        with self._lock:
             validator = self._cache.get(key)
             if validator is None:
-                validator = self._cache[key] = Validator(schema, self.limits)
+                validator = self._cache[key] = Validator(schema, self.limits, digest=key)
                 if len(self._cache) > self._size:
                     self._cache.popitem(last=False)
             else:
                 self._cache.move_to_end(key)
             return validator
+
+
+_worker: Validators | None = None  # in a worker process: its compiled validators
+
+
+def _start_worker(limits: Limits) -> None:
+    global _worker
+    _worker = Validators(limits=limits)
+
+
+def worker_validators() -> Validators:
+    """In a worker process, its validators (built with the server's limits)."""
+    global _worker
+    if _worker is None:
+        _worker = Validators()
+    return _worker
+
+
+def input_problem(
+    name: str, schema: JsonSchema | None, value: JsonValue, validators: Validators
+) -> InvalidInput | None:
+    """Why a run's input is refused (422): not JSON text (lone surrogates, NaN), nested too
+    deep, or failing the task's ``input_schema``; None when it is fine."""
+    hazard = next(json_hazards(value, max_depth=validators.limits.json_depth), None)
+    if hazard is not None:
+        path, message = hazard
+        return InvalidInput(
+            "the input is not valid JSON",
+            errors=[{"path": json_path(("input", *path)), "message": message}],
+        )
+    if schema is None:
+        return None
+    errors = validators.get(schema).errors(value)
+    if not errors:
+        return None
+    return InvalidInput(
+        f"the input does not match task {name!r}'s input_schema",
+        errors=[e.model_dump() for e in errors],
+    )
+
+
+def input_problem_in_worker(
+    name: str, schema: JsonSchema | None, value: JsonValue
+) -> InvalidInput | None:
+    return input_problem(name, schema, value, worker_validators())
 
 
 def _text_errors(spec: TaskSpec, limits: Limits) -> list[ErrorItem]:
@@ -256,6 +344,12 @@ def _text_errors(spec: TaskSpec, limits: Limits) -> list[ErrorItem]:
 def check_task(spec: TaskSpec, validators: Validators) -> None:
     """Raise InvalidSchema naming every problem: schemas, then examples against them."""
     limits = validators.limits
+    candidate = spec.candidate.route.model if spec.candidate else None
+    if any(route.model == candidate for route in spec.routes):  # a spec built, not parsed
+        raise InvalidSchema(
+            "a candidate must be a model the task does not route to",
+            errors=[{"path": "$.candidate.route.model", "message": f"{candidate!r} is a route"}],
+        )
     errors = schema_errors(spec.output_schema, "output_schema", limits)
     if spec.input_schema is not None:
         errors += schema_errors(spec.input_schema, "input_schema", limits)

@@ -12,13 +12,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from formwork.assembly import Core
 from formwork.auth import Keys
 from formwork.batches import BatchJobs
+from formwork.candidates import Candidates
 from formwork.config import Scope, Settings
+from formwork.guard import Guard
 from formwork.metrics import Metrics
 from formwork.protocol import TASK_NAME
 from formwork.providers import Providers
 from formwork.registry import Registry
 from formwork.runner import Runner
 from formwork.store import Store
+from formwork.validation import Validators
 from training.assembly import Services
 from training.compilations import Compilations
 from training.jobs import JobManager
@@ -43,6 +46,11 @@ async def get_core(request: Request) -> Core:
     return _state(request).services.core
 
 
+def validators_of(request: Request) -> Validators:
+    """The validators and their worker processes (also used outside dependencies)."""
+    return _state(request).services.core.validators
+
+
 async def get_registry(request: Request) -> Registry:
     return _state(request).services.core.registry
 
@@ -53,6 +61,10 @@ async def get_runner(request: Request) -> Runner:
 
 async def get_metrics(request: Request) -> Metrics:
     return _state(request).services.core.metrics
+
+
+async def get_guard(request: Request) -> Guard:
+    return _state(request).services.core.guard
 
 
 async def get_store(request: Request) -> Store:
@@ -79,6 +91,10 @@ async def get_batches(request: Request) -> BatchJobs:
     return _state(request).services.core.batches
 
 
+async def get_candidates(request: Request) -> Candidates:
+    return _state(request).services.core.candidates
+
+
 async def get_settings(request: Request) -> Settings:
     return _state(request).settings
 
@@ -93,11 +109,13 @@ KeysDep = Annotated[Keys, Depends(get_keys)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[Store, Depends(get_store)]
+GuardDep = Annotated[Guard, Depends(get_guard)]
 ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 CompilationsDep = Annotated[Compilations, Depends(get_compilations)]
 BatchesDep = Annotated[BatchJobs, Depends(get_batches)]
+CandidatesDep = Annotated[Candidates, Depends(get_candidates)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TaskName = Annotated[str, Path(pattern=TASK_NAME, description="Task slug.")]
 

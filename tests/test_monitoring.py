@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from formwork.protocol import FORMAT_FAILURES, Outcome
+from tests.service.helpers import spec
 from tests.service.ui.traffic import make_traffic
 from tests.upstream import Upstream
 
@@ -44,6 +45,9 @@ def rules() -> list[dict[str, Any]]:
 def exposed(client: TestClient, upstream: Upstream, unique_name: str) -> dict[str, set[str]]:
     """Every sample name ``/metrics`` gives after traffic, with the labels it carries."""
     make_traffic(client, upstream, unique_name)
+    watched = spec("up/primary", "up/backup", format_budget={"max_fallback_share": 0.5})
+    watched["routes"][1]["retires_on"] = "2099-01-01"
+    assert client.put(f"/v1/tasks/{unique_name}-watched", json=watched).status_code == 201
     response = client.get("/metrics")
     assert response.status_code == 200
     found: dict[str, set[str]] = {}
@@ -67,6 +71,8 @@ def test_the_files_parse_into_what_grafana_and_prometheus_expect() -> None:
         "formwork:format_failure_rate:ratio_rate10m",
         "FormworkFormatFailureRateHigh",
         "FormworkRequestsFailing",
+        "FormworkFormatBudgetExceeded",
+        "FormworkRouteRetiring",
     ]
     for rule in found:
         if "alert" in rule:
@@ -97,6 +103,9 @@ def test_every_queried_metric_and_label_is_exposed(exposed: dict[str, set[str]])
         "formwork_tokens_total",
         "formwork_request_duration_seconds_bucket",
         "formwork_attempt_duration_seconds_bucket",
+        "formwork_format_budget_exceeded",
+        "formwork_format_tax_tokens_total",
+        "formwork_route_retires_in_days",
     } == queried
 
 

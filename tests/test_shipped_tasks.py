@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +85,29 @@ def test_contact_examples_copy_values_from_the_text() -> None:
         assert_extracted_verbatim(example.input, example.output)
 
 
-def test_contact_dataset() -> None:
-    task = load_task(SCHEMAS / "contact-extraction.json")
+DATASETS = {  # task -> the script that generates its dataset
+    "contact-extraction": "make_contacts.py",
+    "ticket-triage": "make_tickets.py",
+    "midjourney-prompt": "make_midjourney.py",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_dataset(name: str) -> None:
+    task = load_task(SCHEMAS / f"{name}.json")
     outputs = Draft202012Validator(task.output_schema, format_checker=FormatChecker())
-    train = read_jsonl(DATA / "contact-extraction.train.jsonl")
-    test = read_jsonl(DATA / "contact-extraction.test.jsonl")
+    inputs = Draft202012Validator(task.input_schema or {}, format_checker=FormatChecker())
+    train = read_jsonl(DATA / f"{name}.train.jsonl")
+    test = read_jsonl(DATA / f"{name}.test.jsonl")
     assert len(train) >= 200
-    assert len(test) >= 40
+    assert len(test) >= 50
     for row in train + test:
         assert set(row) == {"input", "output"}
         assert not list(outputs.iter_errors(row["output"])), row
+        assert not list(inputs.iter_errors(row["input"])), row
         assert len(row["input"].split()) <= MAX_WORDS
-        assert_extracted_verbatim(row["input"], row["output"])
+        if name == "contact-extraction":
+            assert_extracted_verbatim(row["input"], row["output"])
     train_inputs = {row["input"] for row in train}
     test_inputs = {row["input"] for row in test}
     assert len(train_inputs) == len(train)
@@ -105,15 +117,30 @@ def test_contact_dataset() -> None:
     assert not shipped & (train_inputs | test_inputs), "a shipped example copies a generated one"
 
 
-def test_contact_dataset_is_what_the_script_generates() -> None:
-    spec = importlib.util.spec_from_file_location("make_contacts", DATA / "make_contacts.py")
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_dataset_is_what_its_script_generates(name: str) -> None:
+    script = DATASETS[name]
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), DATA / script)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
     train, test = module.build()
-    assert train == read_jsonl(DATA / "contact-extraction.train.jsonl")
-    assert test == read_jsonl(DATA / "contact-extraction.test.jsonl")
+    assert train == read_jsonl(DATA / f"{name}.train.jsonl")
+    assert test == read_jsonl(DATA / f"{name}.test.jsonl")
+
+
+def test_every_label_and_urgency_is_in_the_triage_test_set() -> None:
+    """The held-out set can show a label or urgency the model gets wrong."""
+    task = load_task(SCHEMAS / "ticket-triage.json")
+    properties = task.output_schema["properties"]
+    test = read_jsonl(DATA / "ticket-triage.test.jsonl")
+    assert {row["output"]["label"] for row in test} == set(properties["label"]["enum"])
+    assert {row["output"]["urgency"] for row in test} == set(properties["urgency"]["enum"])
 
 
 @pytest.mark.parametrize(

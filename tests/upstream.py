@@ -44,6 +44,7 @@ DEFAULT_JOB_ERROR = {
     "param": "training_file",
 }
 ORGANIZATION = "formwork"
+HOLD_MAX_S = 30.0
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
     401: ("invalid_request_error", "invalid_api_key"),
@@ -77,6 +78,7 @@ class Reply:
     completion_tokens: int = 7
     drip_s: float = 0.0  # send the body one byte at a time, this long apart (a slow drip)
     body: str | None = None  # send exactly this 200 body instead of a chat completion
+    hold: threading.Event | None = None  # answer only once this is set (30 s at most)
 
 
 @dataclass
@@ -231,6 +233,7 @@ class Upstream:
         with self._lock:
             self._queues: dict[str, deque[Reply]] = {}
             self._defaults: dict[str, Reply] = {}
+            self._model_fields: dict[str, dict[str, Any]] = {}
             self._calls: dict[str, int] = {}
             self._job_scripts: deque[JobScript] = deque()
             self._serials: dict[str, int] = {}
@@ -252,6 +255,11 @@ class Upstream:
                 self._defaults.pop(model, None)
             else:
                 self._defaults[model] = Reply(content=reply) if isinstance(reply, str) else reply
+
+    def list_model(self, model: str, **fields: Any) -> None:
+        """List ``model`` in ``/v1/models`` with these extra fields (``shutdown_date``...)."""
+        with self._lock:
+            self._model_fields[model] = fields
 
     def calls(self, model: str | None = None) -> int:
         """Chat completion requests received, for one model or in all."""
@@ -364,6 +372,8 @@ class Upstream:
         reply, completion_id = self._take(model, body, request.headers.get("authorization"))
         if reply is None:
             return _error(500, f"no scripted reply for model {model!r}")
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, HOLD_MAX_S)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
@@ -404,8 +414,13 @@ class Upstream:
 
     async def _models(self, request: Request) -> Response:
         with self._lock:
-            names = sorted((set(self._queues) | set(self._defaults)) - {ANY_MODEL})
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": ORGANIZATION} for n in names]
+            listed = set(self._queues) | set(self._defaults) | set(self._model_fields)
+            names = sorted(listed - {ANY_MODEL})
+            fields = {n: dict(self._model_fields.get(n, {})) for n in names}
+        data = [
+            {"id": n, "object": "model", "created": 0, "owned_by": ORGANIZATION, **fields[n]}
+            for n in names
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def _upload(self, request: Request) -> Response:

@@ -56,7 +56,7 @@ async def open_services(
         jobs = JobManager(core.store, build_finetuners(settings))
         stack.push_async_callback(jobs.aclose)
         builder = DatasetBuilder(settings.training, core.validators)
-        launcher = Launcher(builder, core.metrics, jobs)
+        launcher = Launcher(builder, core.metrics, jobs, retirements=core.guard.retirements)
         services: Services
 
         def compiler() -> Compiler:

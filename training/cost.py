@@ -16,13 +16,12 @@ from pydantic import BaseModel
 
 from formwork import prompts
 from formwork.config import ModelPrice, TrainingSettings
+from formwork.prices import MILLION, PRICES, by_prefix
 from formwork.protocol import TaskSpec
 
 from .calibration import Calibration
 from .dataset import Dataset
-from .tokens import TokenCounter, by_prefix, counter_for
-
-MILLION = 1_000_000
+from .tokens import TokenCounter, counter_for
 
 # Per-example token limits by model-name prefix (OpenAI fine-tuning guide; longest prefix wins).
 # gpt-3.5-turbo took 4,096 tokens an example at launch (0613) and 16,385 from 1106 on.
@@ -33,29 +32,6 @@ TOKEN_LIMITS: dict[str, int] = {
     "gpt-4o": 65_536,
     "smollm2": 8_192,  # the local model's context length
 }
-# List prices in USD per 1M tokens, from OpenAI's pricing page; check them before relying on an
-# estimate and override them in ``training.prices``. Local training runs on your own hardware.
-PRICES: dict[str, ModelPrice] = {
-    "gpt-3.5-turbo": ModelPrice(
-        training=8.0, input=0.5, output=1.5, finetuned_input=3.0, finetuned_output=6.0
-    ),
-    "gpt-4o-mini": ModelPrice(
-        training=3.0, input=0.15, output=0.6, finetuned_input=0.3, finetuned_output=1.2
-    ),
-    "gpt-4o": ModelPrice(
-        training=25.0, input=2.5, output=10.0, finetuned_input=3.75, finetuned_output=15.0
-    ),
-    "gpt-4.1-mini": ModelPrice(
-        training=5.0, input=0.4, output=1.6, finetuned_input=0.8, finetuned_output=3.2
-    ),
-    "gpt-4.1-nano": ModelPrice(
-        training=1.5, input=0.1, output=0.4, finetuned_input=0.2, finetuned_output=0.8
-    ),
-    "smollm2": ModelPrice(
-        training=0.0, input=0.0, output=0.0, finetuned_input=0.0, finetuned_output=0.0
-    ),
-}
-
 # OpenAI's default n_epochs, as its cookbook computes it (examples/Chat_finetuning_data_prep
 # .ipynb, "Pricing and default n_epochs estimate"): 3 epochs, unless examples x 3 falls outside
 # 100..25,000 examples seen, when it becomes 100 // n (at most 25) or 25,000 // n (at least 1).

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, JsonValue
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
+from formwork.agreement import field_scores
 from formwork.assembly import Core, open_core
 from formwork.config import Settings
 from formwork.errors import InvalidInput
@@ -35,8 +36,6 @@ from .dataset import Row, read_jsonl
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-WHOLE = "$"  # the field name when expected outputs are not objects
 
 
 class CaseResult(BaseModel):
@@ -80,14 +79,6 @@ class Comparison(BaseModel):
     test: str
     candidate: RouteReport
     current: RouteReport
-
-
-def field_scores(expected: JsonValue, output: JsonValue, *, valid: bool) -> dict[str, bool]:
-    """Per top-level field of the expected output: did the answer give that very value?"""
-    if not isinstance(expected, dict):
-        return {WHOLE: valid and output == expected}
-    given = output if valid and isinstance(output, dict) else {}
-    return {name: name in given and given[name] == value for name, value in expected.items()}
 
 
 def summarize(route: Route, results: list[CaseResult]) -> RouteReport:

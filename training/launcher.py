@@ -13,6 +13,7 @@ from formwork.config import TrainingSettings
 from formwork.errors import InvalidInput
 from formwork.metrics import Metrics
 from formwork.protocol import FinetuneJob, FinetuneRequest, Source, TaskSpec
+from formwork.retirement import Retirements
 from formwork.validation import Validators
 
 from . import checks
@@ -111,6 +112,38 @@ async def gather_rows(
     return merge(given, logged)
 
 
+def retirement_warnings(
+    request: FinetuneRequest, settings: TrainingSettings, retirements: Retirements
+) -> list[Problem]:
+    """OpenAI's announced ends: of new fine-tuning jobs (from the retirement warning days
+    before), and of serving fine-tunes of the base model (whenever one is announced)."""
+    if request.provider != "openai":
+        return []
+    notes = []
+    ends = settings.openai_jobs_end
+    days = None if ends is None else (ends - retirements.today()).days
+    if days is not None and days <= 0:
+        notes.append(
+            f"OpenAI stopped accepting new fine-tuning jobs on {ends}: the job is likely "
+            "refused; train with --provider local"
+        )
+    elif days is not None and days <= retirements.warning_days:
+        notes.append(
+            f"OpenAI stops accepting new fine-tuning jobs on {ends} ({days} days from now); "
+            "plan on --provider local"
+        )
+    tuned = f"{retirements.openai_provider}/ft:{request.base_model}"
+    if (serves_until := retirements.date_of_model(tuned)) is not None:
+        notes.append(
+            f"fine-tunes of {request.base_model} stop serving on {serves_until}: routes to "
+            "them are skipped from that day"
+        )
+    return [
+        Problem(check="provider-retirement", level="warning", where="provider", message=n)
+        for n in notes
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Launched:
     job: FinetuneJob
@@ -121,10 +154,18 @@ class Launched:
 class Launcher:
     """From a task to a running fine-tune job; dataset work runs off the event loop."""
 
-    def __init__(self, builder: DatasetBuilder, metrics: Metrics, jobs: JobManager) -> None:
+    def __init__(
+        self,
+        builder: DatasetBuilder,
+        metrics: Metrics,
+        jobs: JobManager,
+        *,
+        retirements: Retirements | None = None,
+    ) -> None:
         self.builder = builder
         self.metrics = metrics
         self.jobs = jobs
+        self.retirements = retirements or Retirements()
 
     async def launch(
         self,
@@ -162,4 +203,5 @@ class Launcher:
         job, created = await self.jobs.start(
             stored, provider=request.provider, base_model=request.base_model, hyperparameters=knobs
         )
-        return Launched(job, created, prepared.report.warnings)
+        notes = retirement_warnings(request, settings, self.retirements)
+        return Launched(job, created, notes + prepared.report.warnings)

@@ -21,6 +21,7 @@ from formwork.config import Settings
 from formwork.errors import InvalidInput
 from formwork.protocol import Route, TaskSpec
 from formwork.registry import Registry
+from formwork.rollout import promoted_routes
 
 from .evaluation import Comparison, add_route_arguments, compare_from_args, render
 
@@ -54,12 +55,6 @@ def judge(comparison: Comparison) -> tuple[bool, str]:
     return True, f"not worse on validity or accuracy: {numbers} {side}"
 
 
-def promoted_routes(current: list[Route], candidate: Route, evaluated: Route) -> list[Route]:
-    """The candidate first, then the task's other routes (or the route it was measured against)."""
-    rest = current or [evaluated]
-    return [candidate, *(route for route in rest if route.model != candidate.model)]
-
-
 async def promote(registry: Registry, comparison: Comparison, *, force: bool = False) -> Decision:
     """Register the new version when the comparison allows it (or ``force``); say why."""
     task = await registry.get(comparison.task)
@@ -84,7 +79,10 @@ async def promote(registry: Registry, comparison: Comparison, *, force: bool = F
         return decision
     routes = promoted_routes(task.routes, comparison.candidate.route, comparison.current.route)
     spec = TaskSpec.model_validate(task.model_dump(include=set(TaskSpec.model_fields)))
-    registered = await registry.put(task.name, spec.model_copy(update={"routes": routes}))
+    update: dict[str, object] = {"routes": routes}
+    if spec.candidate is not None and spec.candidate.route.model == routes[0].model:
+        update["candidate"] = None  # the live candidate is the one promoted by hand
+    registered = await registry.put(task.name, spec.model_copy(update=update))
     return decision.model_copy(
         update={
             "promoted": True,

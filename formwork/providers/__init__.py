@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from .. import dialects
@@ -78,6 +79,10 @@ class Providers:
             for route in spec.routes
             if not self.has(route.model)
         ]
+        candidate = spec.candidate.route.model if spec.candidate else None
+        if candidate is not None and not self.has(candidate):
+            absent = self._absent(split_ref(candidate)[0])
+            notes.append(f"candidate {candidate!r}: {absent}, so each of its calls here fails")
         notes += [
             f"translating the {translation.dialect.name} output schema for decoding: {loss}"
             for loss in translation.losses
@@ -107,6 +112,21 @@ class Providers:
         ready = {name: await p.ready() for name, p in self._providers.items()}
         ready.update({name: False for name in self.unavailable})
         return dict(sorted(ready.items()))
+
+    async def shutdowns(self) -> dict[str, dt.date]:
+        """Shutdown dates the OpenAI-compatible endpoints' model lists report, by model ref; an
+        endpoint that does not answer gives none."""
+        found: dict[str, dt.date] = {}
+        for name, provider in self._providers.items():
+            if not isinstance(provider, OpenAIProvider):
+                continue
+            try:
+                reported = await provider.shutdowns()
+            except ProviderError as e:
+                log.info("retirement dates: %s", e)
+                continue
+            found.update((f"{name}/{model}", when) for model, when in reported.items())
+        return found
 
     async def aclose(self) -> None:
         """Close the providers built here; a ``local`` handed in stays with its owner."""

@@ -1,8 +1,9 @@
 """LoRA adapters in llama.cpp's GGUF format, loaded on first use over the one base model and
 kept in a bounded LRU; an adapter file replaced on disk under the same name is loaded again.
 
-An adapter named ``NAME`` is ``<adapters_dir>/NAME/adapter.gguf`` (``training/`` writes it
-next to the PEFT files it trains from).
+An adapter named ``NAME`` is ``<root>/NAME/adapter.gguf`` in the first of the roots that has
+it: the adapters directory (``training/`` writes it there, next to the PEFT files it trains
+from), then the adapters shipped beside the task files.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.gguf"
+
+
+def find_adapter(roots: Sequence[Path], name: str) -> Path | None:
+    """``<root>/NAME/adapter.gguf`` in the first root that has it."""
+    for root in roots:
+        path = root / name / ADAPTER_FILE
+        if path.is_file():
+            return path
+    return None
 
 
 class AdapterError(Exception):
@@ -31,9 +41,9 @@ class Loaded:
 
 
 class LoraAdapters:
-    def __init__(self, root: Path, *, capacity: int) -> None:
+    def __init__(self, roots: Sequence[Path], *, capacity: int) -> None:
         self.capacity = capacity
-        self.root = root
+        self.roots = list(roots)
         self._model: Any = None
         self._loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.loads = 0
@@ -54,7 +64,7 @@ class LoraAdapters:
         return list(self._loaded)
 
     def path(self, name: str) -> Path:
-        return self.root / name / ADAPTER_FILE
+        return find_adapter(self.roots, name) or self.roots[0] / name / ADAPTER_FILE
 
     def handle(self, name: str) -> Any:
         """The loaded adapter ``name``: loaded now if absent, again if its file changed."""

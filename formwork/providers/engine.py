@@ -81,7 +81,7 @@ class Engine:
         model_path: Path,
         *,
         cache_dir: Path,
-        adapters_dir: Path,
+        adapters_dirs: Sequence[Path],
         threads: int,
         context: int = 2048,
         batch: int = 512,
@@ -104,7 +104,7 @@ class Engine:
         self.eos = 0
         self.tokenizer: Any = None  # llguidance's LLTokenizer for this vocabulary
         self.prefixes = PrefixCache(max_bytes=prefix_bytes)
-        self.adapters = LoraAdapters(adapters_dir, capacity=adapters)
+        self.adapters = LoraAdapters(adapters_dirs, capacity=adapters)
         self.adapters.before_free = self._detach_adapters
         self.adapters.on_replace = self.prefixes.drop_adapter
         self._adapter: str | None = None

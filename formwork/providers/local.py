@@ -36,7 +36,7 @@ from pathlib import Path
 from .. import extras
 from ..config import LocalModelSettings
 from ..protocol import JsonSchema, Usage
-from .adapters import ADAPTER_FILE, AdapterError
+from .adapters import ADAPTER_FILE, AdapterError, find_adapter
 from .base import ChatRequest, ChatResult, ProviderError, ProviderRateLimited, ProviderTimeout
 from .engine import Engine, EngineError, Sampling, Stopped
 from .grammar import SchemaGrammars, unenforced
@@ -54,7 +54,9 @@ LOAD_WAIT_MARGIN_S = 0.5  # a request waiting for the load gives up this much be
 # Greedy decoding of a 135M model falls into loops ("sea-glass, sea-glass, ..."), even inside
 # a schema's string, until max_tokens cuts the JSON. A mild penalty on tokens the completion
 # already produced (the prompt is exempt, so copying from the input is not penalised) broke
-# every loop in bench/local_model.md's runs.
+# every loop in bench/local_model.md's runs. It applies to the base model only: a LoRA adapter was
+# trained on the task's exact answers, whose tokens repeat by design ("stylize":250,"chaos":0
+# after "16:9"), and the penalty turned its right digits and labels into wrong ones.
 REPETITION_PENALTY = 1.1
 JOIN_TIMEOUT_S = 10.0
 ENGINE_PACKAGES = ("llama_cpp", "llguidance", "numpy", "jinja2")
@@ -241,9 +243,10 @@ class LocalProvider:
             return None
         if not ADAPTER_NAME.match(adapter):
             raise ProviderError(f"invalid adapter name {adapter!r}")
-        path = self._settings.adapters_dir / adapter / ADAPTER_FILE
-        if not path.is_file():
-            raise ProviderError(f"no LoRA adapter {adapter!r} (expected {path})")
+        roots = self._settings.adapter_roots
+        if find_adapter(roots, adapter) is None:
+            where = " or ".join(str(root / adapter / ADAPTER_FILE) for root in roots)
+            raise ProviderError(f"no LoRA adapter {adapter!r} (expected {where})")
         return adapter
 
     # ---- the queue ----------------------------------------------------------------------------
@@ -304,7 +307,7 @@ class LocalProvider:
             engine = Engine(
                 gguf_path(),
                 cache_dir=settings.cache_dir,
-                adapters_dir=settings.adapters_dir,
+                adapters_dirs=settings.adapter_roots,
                 threads=settings.threads,
                 context=settings.context,
                 prefix_bytes=settings.prefix_cache_mb << 20,
@@ -347,7 +350,7 @@ class LocalProvider:
         sampling = Sampling(
             max_tokens=min(request.max_tokens, self._settings.max_tokens),
             temperature=request.temperature,
-            repetition_penalty=self._repetition_penalty,
+            repetition_penalty=1.0 if job.adapter else self._repetition_penalty,
         )
         matcher = None if request.schema is None else self._grammars.matcher(request.schema)
         try:

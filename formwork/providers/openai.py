@@ -8,6 +8,7 @@ messages are not passed on, since some echo part of the key.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import email.utils
 import json
 import math
@@ -110,6 +111,39 @@ def mapped_back(text: str, strict: StrictSchema) -> str:
     return mapped
 
 
+# Fields an OpenAI-compatible model list may carry a model's shutdown date in (OpenAI's own list
+# has none today); an ISO date or a Unix time.
+SHUTDOWN_FIELDS = ("shutdown_date", "retires_on", "deprecation_date")
+MODEL_LIST_TIMEOUT_S = 10.0
+
+
+def _date(value: object) -> dt.date | None:
+    try:
+        if isinstance(value, str):
+            return dt.date.fromisoformat(value[:10])
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(value, dt.UTC).date()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def reported_shutdowns(text: str) -> dict[str, dt.date]:
+    """Model id -> shutdown date, for the models a ``/models`` answer gives one for."""
+    try:
+        data = json.loads(text).get("data")
+    except (ValueError, AttributeError):
+        return {}
+    found: dict[str, dt.date] = {}
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        dates = (_date(item.get(name)) for name in SHUTDOWN_FIELDS)
+        if (when := next((d for d in dates if d is not None), None)) is not None:
+            found[item["id"]] = when
+    return found
+
+
 class OpenAIProvider:
     loading = False  # nothing to load: ready as soon as it is built
 
@@ -190,6 +224,16 @@ class OpenAIProvider:
 
     async def ready(self) -> bool:
         return True  # an HTTP provider is checked by using it; readiness does not spend tokens
+
+    async def shutdowns(self) -> dict[str, dt.date]:
+        """The shutdown dates the endpoint's model list reports, by model id (often none)."""
+        try:
+            text = await self._client.get(
+                "/models", cast_to=str, options={"timeout": MODEL_LIST_TIMEOUT_S}
+            )
+        except openai.APIError as e:
+            raise ProviderError(f"{self.name}: the model list is unavailable") from e
+        return reported_shutdowns(text)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -13,10 +13,11 @@ from formwork.batch import run_batch, summary
 from formwork.errors import InvalidInput
 from formwork.protocol import BatchJob, BatchPage, BatchRequest, BatchResult
 
+from ..bodies import OffLoopBody
 from ..deps import BatchesDep, CanRun, RunnerDep, SettingsDep, TaskName
 from ..openapi import problems
 
-router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[CanRun])
+router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[CanRun], route_class=OffLoopBody)
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines")
 
 
@@ -55,7 +56,7 @@ def too_many(count: int, limit: int, hint: str) -> InvalidInput:
     )
 
 
-@router.post("/tasks/{task}/batch", responses=problems(404, 413, 503))
+@router.post("/tasks/{task}/batch", responses=problems(400, 404, 413, 503))
 async def run_batch_now(
     task: TaskName, body: BatchRequest, runner: RunnerDep, settings: SettingsDep
 ) -> BatchResult:
@@ -102,7 +103,7 @@ async def read_batch(request: Request) -> BatchRequest:
     "/tasks/{task}/batches",
     status_code=202,
     openapi_extra=BATCH_BODY,
-    responses=problems(404, 413, 422, 503),
+    responses=problems(400, 404, 413, 422, 503),
 )
 async def start_batch(
     task: TaskName, request: Request, batches: BatchesDep, settings: SettingsDep

@@ -13,10 +13,11 @@ from pydantic import JsonValue
 from formwork import compat, logs
 from formwork.errors import TaskNotFound
 
+from ..bodies import OffLoopBody
 from ..deps import CanRun, RegistryDep, RunnerDep
 from ..openapi import OPENAI_ERRORS, openai_error
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[CanRun])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[CanRun], route_class=OffLoopBody)
 ENVELOPE = {OPENAI_ERRORS: True}
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import CanRead, MetricsDep, ProvidersDep, StoreDep
+from ..deps import CanRead, GuardDep, MetricsDep, ProvidersDep, StoreDep
 
 router = APIRouter(tags=["health"])
 
@@ -48,6 +48,7 @@ async def readyz(store: StoreDep, providers: ProvidersDep, response: Response) -
 
 
 @router.get("/metrics", dependencies=[CanRead], response_class=PlainTextResponse)
-async def metrics(metrics: MetricsDep) -> Response:
+async def metrics(metrics: MetricsDep, guard: GuardDep) -> Response:
+    await guard.refresh()  # the budget and retirement gauges as of this scrape
     body = generate_latest(metrics.prometheus.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

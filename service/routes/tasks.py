@@ -8,8 +8,10 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from formwork import logs
 from formwork.protocol import (
+    CandidateReport,
     FailureRecord,
     Registered,
+    RolloutDecision,
     RunRequest,
     RunResult,
     TaskSpec,
@@ -19,9 +21,12 @@ from formwork.protocol import (
 )
 from formwork.stats import Window, task_stats
 
+from ..bodies import OffLoopBody
 from ..deps import (
+    CandidatesDep,
     CanRead,
     CanRun,
+    GuardDep,
     IsAdmin,
     KeysDep,
     MetricsDep,
@@ -32,7 +37,7 @@ from ..deps import (
 from ..disconnects import ClientGone, unless_disconnected
 from ..openapi import problems
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], route_class=OffLoopBody)
 CLIENT_CLOSED = 499  # the client closed the request (nginx's code); never seen by a client
 
 
@@ -122,10 +127,12 @@ async def get_stats(
     task: TaskName,
     registry: RegistryDep,
     metrics: MetricsDep,
+    guard: GuardDep,
     window: Annotated[Window, Query(description="The time window.")] = "1h",
 ) -> TaskStats:
-    await registry.get(task)
-    return await task_stats(metrics, task, window)
+    current = await registry.get(task)
+    stats = await task_stats(metrics, task, window)
+    return stats.model_copy(update={"format_budget": await guard.status(current)})
 
 
 @router.get("/{task}/failures", dependencies=[CanRead], responses=problems(404, 503))
@@ -137,3 +144,24 @@ async def get_failures(
 ) -> list[FailureRecord]:
     await registry.get(task)
     return await metrics.failures(task, limit)
+
+
+@router.get("/{task}/candidate", dependencies=[CanRead], responses=problems(404, 503))
+async def get_candidate(
+    task: TaskName, registry: RegistryDep, candidates: CandidatesDep
+) -> CandidateReport:
+    """The current version's candidate, its live figures against the current route and what
+    its rule waits for; the watch when this version was made by a promotion."""
+    return await candidates.report(await registry.get(task))
+
+
+@router.get("/{task}/decisions", dependencies=[CanRead], responses=problems(404, 503))
+async def get_decisions(
+    task: TaskName,
+    registry: RegistryDep,
+    candidates: CandidatesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[RolloutDecision]:
+    """Promotions and rollbacks made by candidates' rules, newest first, with their evidence."""
+    await registry.get(task)
+    return await candidates.rollout.decisions(task, limit)

@@ -13,19 +13,30 @@ from dataclasses import dataclass
 
 from pydantic import JsonValue
 
+from formwork.candidates import Candidates
 from formwork.config import Settings
-from formwork.errors import FormworkError, TaskNotFound
+from formwork.errors import FormworkError, TaskNotFound, Unavailable
+from formwork.guard import Guard
 from formwork.metrics import Metrics
-from formwork.protocol import ErrorItem, FinetuneJob, TaskStats, TaskSummary, TaskVersion
+from formwork.protocol import (
+    BudgetStatus,
+    CandidateReport,
+    ErrorItem,
+    FinetuneJob,
+    RolloutDecision,
+    TaskStats,
+    TaskSummary,
+    TaskVersion,
+)
 from formwork.registry import Registry
 from formwork.stats import WINDOWS, Series, stats_of, task_series, window_buckets
 from formwork.windows import WindowSums
-from training.cost import Tables
 from training.jobs import JobManager
 
 from .views import (
     FailureView,
     OverviewRow,
+    RetirementRow,
     Stage,
     TaxRow,
     chart_data,
@@ -33,6 +44,7 @@ from .views import (
     format_tax,
     funnel,
     overview_row,
+    retirement_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +52,7 @@ MARKERS_MAX = 20  # versions looked up for chart markers
 VERSIONS_LISTED = 50
 FAILURES_READ = 200
 JOBS_LISTED = 20
+DECISIONS_LISTED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +63,13 @@ class TaskPage:
     series: Series
     funnel: list[Stage]
     tax: list[TaxRow]
+    budget: BudgetStatus | None
+    retirements: list[RetirementRow]
     charts: dict[str, JsonValue]
     threshold: float
     examples: dict[tuple[str, str], ErrorItem]  # (model, path) -> the newest such error
+    candidate: CandidateReport | None  # None when Redis does not answer
+    decisions: list[RolloutDecision]  # newest first
 
     @property
     def over(self) -> bool:
@@ -68,13 +85,16 @@ class Board:
         jobs: JobManager,
         settings: Settings,
         windows: WindowSums,
+        candidates: Candidates,
+        guard: Guard,
     ) -> None:
+        self._candidates = candidates
         self._windows = windows
+        self._guard = guard
         self._registry = registry
         self._metrics = metrics
         self._jobs = jobs
         self._settings = settings
-        self._tables = Tables(settings.training)
 
     async def overview(self, window: str) -> list[OverviewRow]:
         window_buckets(window)  # an unknown window is a 422 before any read
@@ -99,17 +119,33 @@ class Board:
         for record in await self._metrics.failures(name, FAILURES_READ):
             for error in record.errors:
                 examples.setdefault((record.model, error.path), error)
+        candidate, decisions = await self._rollout(task)
+        stats = stats_of(name, window, series.total, prices=self._metrics.prices)
         return TaskPage(
             task=task,
             window=window,
-            stats=stats_of(name, window, series.total),
+            stats=stats,
             series=series,
             funnel=funnel(series.total),
-            tax=format_tax(series.total, self._tables),
+            tax=format_tax(stats),
+            budget=await self._guard.status(task),
+            retirements=retirement_rows(task, self._guard.retirements),
             charts=chart_data(series, markers),
             threshold=self._settings.ui.threshold(name),
             examples=examples,
+            candidate=candidate,
+            decisions=decisions,
         )
+
+    async def _rollout(
+        self, task: TaskVersion
+    ) -> tuple[CandidateReport | None, list[RolloutDecision]]:
+        """The candidate's figures and the decision timeline, or nothing while Redis is down."""
+        try:
+            report = await self._candidates.report(task)
+            return report, await self._candidates.rollout.decisions(task.name, DECISIONS_LISTED)
+        except Unavailable:
+            return None, []
 
     async def markers(self, task: TaskVersion, *, since: float) -> list[tuple[float, str]]:
         """When each version in the window took effect (a promotion makes a version too)."""

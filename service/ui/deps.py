@@ -15,7 +15,7 @@ from formwork.config import Scope, Settings
 from formwork.errors import Forbidden, Unauthorized
 from formwork.windows import WindowSums
 
-from ..deps import JobsDep, MetricsDep, RegistryDep
+from ..deps import CandidatesDep, GuardDep, JobsDep, MetricsDep, RegistryDep
 from .board import Board
 from .comparisons import Comparisons
 from .session import COOKIE, CSRF_FIELD, CSRF_HEADER, Sessions, Viewer
@@ -42,8 +42,15 @@ def get_ui(request: Request) -> Ui:
 UiDep = Annotated[Ui, Depends(get_ui)]
 
 
-async def get_board(ui: UiDep, registry: RegistryDep, metrics: MetricsDep, jobs: JobsDep) -> Board:
-    return Board(registry, metrics, jobs, ui.settings, ui.windows)
+async def get_board(
+    ui: UiDep,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+    jobs: JobsDep,
+    candidates: CandidatesDep,
+    guard: GuardDep,
+) -> Board:
+    return Board(registry, metrics, jobs, ui.settings, ui.windows, candidates, guard)
 
 
 BoardDep = Annotated[Board, Depends(get_board)]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from markupsafe import Markup
+
+from formwork.protocol import RolloutDecision
 
 DASH = "—"
 
@@ -62,4 +65,17 @@ def _run_svg(points: list[tuple[float, float]]) -> str:
     return f'<polyline points="{joined}" class="spark-line"/>'
 
 
-FILTERS = {"pct": pct, "ms": ms, "usd": usd, "when": when, "sparkline": sparkline}
+def evidence(decision: RolloutDecision) -> str:
+    """A decision's evidence (the rule, the figures or the watch, the routes) as JSON text."""
+    fields = {"rule", "figures", "watch", "watched", "routes"}
+    return json.dumps(decision.model_dump(mode="json", include=fields), indent=2)
+
+
+FILTERS = {
+    "pct": pct,
+    "ms": ms,
+    "usd": usd,
+    "when": when,
+    "sparkline": sparkline,
+    "evidence": evidence,
+}

@@ -7,14 +7,22 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from datetime import date
 
 from markupsafe import Markup, escape
 from pydantic import JsonValue
 
 from formwork.counters import STAGES, TaskCounts
-from formwork.protocol import FailureRecord, TaskStats, TaskSummary, TaskVersion
+from formwork.protocol import (
+    FailureRecord,
+    FormatTax,
+    TaskStats,
+    TaskSummary,
+    TaskVersion,
+    digest_form,
+)
+from formwork.retirement import Retirements
 from formwork.stats import Series
-from training.cost import MILLION, Tables
 
 STAGE_LABELS = {
     "hit": "cache hit",
@@ -124,40 +132,35 @@ def funnel(counts: TaskCounts) -> list[Stage]:
 
 @dataclass(frozen=True, slots=True)
 class TaxRow:
+    model: str  # "total" for every model's
+    tax: FormatTax
+
+    @property
+    def seconds(self) -> float:
+        return self.tax.ms / 1000
+
+
+def format_tax(stats: TaskStats) -> list[TaxRow]:
+    """The format tax per model that paid any, then the total (``formwork.tax`` defines it)."""
+    rows = [TaxRow(m, s.format_tax) for m, s in stats.models.items() if s.format_tax.attempts]
+    return [*rows, TaxRow("total", stats.format_tax)] if rows else []
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementRow:
     model: str
-    wasted_attempts: int
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    usd: float | None
+    retires_on: date
+    days_left: int
+    warn: bool
 
 
-def format_tax(counts: TaskCounts, tables: Tables) -> list[TaxRow]:
-    """Tokens, time and (for priced models) money spent on attempts whose output was unused."""
+def retirement_rows(task: TaskVersion, retirements: Retirements) -> list[RetirementRow]:
+    """The task's routes whose model has an announced shutdown date."""
     rows = []
-    for model, c in sorted(counts.models.items()):
-        wasted = sum(n for o, n in c.outcomes.items() if o not in ("valid", "repaired"))
-        if not wasted:
-            continue
-        model_id = model.partition("/")[2]
-        price = tables.price(model_id)
-        usd = None
-        if price is not None:
-            tuned = model_id.startswith("ft:")
-            usd = (
-                c.wasted_prompt_tokens * (price.finetuned_input if tuned else price.input)
-                + c.wasted_completion_tokens * (price.finetuned_output if tuned else price.output)
-            ) / MILLION
-        rows.append(
-            TaxRow(
-                model,
-                wasted,
-                c.wasted_prompt_tokens,
-                c.wasted_completion_tokens,
-                c.wasted_ms / 1000,
-                usd,
-            )
-        )
+    for route in task.routes:
+        when, days = retirements.date_of(route), retirements.days_left(route)
+        if when is not None and days is not None:
+            rows.append(RetirementRow(route.model, when, days, days <= retirements.warning_days))
     return rows
 
 
@@ -235,7 +238,12 @@ class DiffLine:
 
 
 def version_json(task: TaskVersion) -> str:
-    spec = task.model_dump(mode="json", exclude={"name", "version", "created_at", "digest"})
+    """The definition as registered (fields added since left out while unset)."""
+    spec = digest_form(task)
+    for name in ("name", "version", "created_at", "digest"):
+        spec.pop(name, None)
+    if spec.get("watch") is None:
+        spec.pop("watch", None)
     return json.dumps(spec, indent=2, sort_keys=True, ensure_ascii=False)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from unittest.mock import ANY
 
+from prometheus_client.parser import text_string_to_metric_families
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -74,3 +76,14 @@ def all_failed(response: Any, task: str, *attempts: dict[str, Any]) -> None:
         "request_id": response.headers["x-request-id"],
         "attempts": list(attempts),
     }
+
+
+def metric_samples(client: Any, name: str, task: str) -> dict[tuple[str, ...], float]:
+    """A metric's samples for one task, by their other label values."""
+    found: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("task") == task:
+                rest = tuple(v for k, v in sorted(sample.labels.items()) if k != "task")
+                found[rest] = sample.value
+    return found

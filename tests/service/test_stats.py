@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 
 from tests.service.helpers import GOOD, spec
@@ -34,9 +36,21 @@ def test_stats_match_scripted_outcomes(
     assert all(value is not None and value > 0 for value in latency.values())
 
     def model(m: dict[str, object]) -> dict[str, object]:
-        return {k: v for k, v in m.items() if not k.startswith("latency")}
+        return {k: v for k, v in m.items() if not k.startswith("latency") and k != "format_tax"}
 
-    assert {k: v for k, v in stats.items() if k not in ("total", "models", *latency)} == {
+    def taxed(m: dict[str, Any]) -> tuple[int, int, int, float]:
+        t = m["format_tax"]
+        return t["attempts"], t["prompt_tokens"], t["completion_tokens"], t["tokens_per_request"]
+
+    # the format tax (test_tax.py has the whole of it): 4 requests reached a model; 2 and 3 pay
+    # every attempt, 5 pays its upstream error (no tokens) and the backup's two
+    assert taxed(stats["models"]["up/primary"]) == (5, 44, 28, 18.0)
+    assert taxed(stats["models"]["up/backup"]) == (3, 33, 21, 13.5)
+    assert taxed(stats["total"]) == taxed(stats) == (8, 77, 49, 31.5)
+    assert stats["format_budget"] is None
+
+    top = ("total", "models", "format_tax", "format_budget", *latency)
+    assert {k: v for k, v in stats.items() if k not in top} == {
         "task": task,
         "window": "15m",
         "requests": 5,

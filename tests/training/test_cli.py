@@ -114,9 +114,13 @@ def test_start_wait_status_cancel(
     out, err = capsys.readouterr()
     printed = out.splitlines()
     model = f"up/ft:{BASE}:formwork:{unique_name}:0001"
-    assert printed[0].startswith("warning: [count]")
-    job = printed[1].removeprefix("started ")
-    assert printed[1:] == [
+    assert printed[0] == (
+        "warning: [provider-retirement] provider: fine-tunes of gpt-4o-mini-2024-07-18 stop "
+        "serving on 2027-01-14: routes to them are skipped from that day"
+    )
+    assert printed[1].startswith("warning: [count]")
+    job = printed[2].removeprefix("started ")
+    assert printed[2:] == [
         f"started {job}",
         f"{job}  {unique_name}  openai/{BASE}  validating  2%  11+1 examples",
         f"{job}  {unique_name}  openai/{BASE}  succeeded  100%  11+1 examples",
@@ -138,7 +142,7 @@ def test_start_wait_status_cancel(
 
     upstream.script_job(statuses=["validating_files", "running", "succeeded"])
     assert main(["train", "start", unique_name, "--file", str(path)]) == 0
-    other = capsys.readouterr().out.splitlines()[1].removeprefix("started ")
+    other = capsys.readouterr().out.splitlines()[2].removeprefix("started ")
     assert main(["train", "cancel", other]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{other}  {unique_name}  openai/{BASE}  cancelled  10%  11+1 examples",

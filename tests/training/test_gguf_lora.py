@@ -62,7 +62,7 @@ def hf_delta(model: Any) -> np.ndarray[Any, Any]:
 
 def llama_delta(adapters: Path, tmp_path: Path) -> np.ndarray[Any, Any]:
     engine = Engine(
-        gguf_path(), cache_dir=tmp_path / "models", adapters_dir=adapters, threads=0, ftype=F32
+        gguf_path(), cache_dir=tmp_path / "models", adapters_dirs=[adapters], threads=0, ftype=F32
     )
     engine.load()
     try:

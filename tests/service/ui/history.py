@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from formwork import keys
-from formwork.counters import attempt_amounts, attempt_names, request_names
+from formwork.counters import attempt_names, request_names, tax_amounts
 from formwork.metrics import Metrics
 
 MODELS = ("up/gpt-4o-mini", "up/ft:gpt-4o-mini:acme:x:1", "up/gpt-4o")
@@ -28,7 +28,8 @@ def _attempts(
             counts.update(
                 attempt_names(model, outcome, latency, first=n == 1, reask=n > 1, paths=failing)
             )
-            counts.update(attempt_amounts(model, outcome, latency, 400, 60))
+            if route or n > 1 or outcome != "valid":  # the format tax (formwork/tax.py)
+                counts.update(tax_amounts(model, latency, 400, 60))
             re_asked |= n > 1
             if outcome == "valid":
                 return True, model, fell_back, re_asked

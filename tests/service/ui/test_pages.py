@@ -109,10 +109,13 @@ def test_task_page_funnel_paths_tax_and_escaped_failures(
         for tr in page.by_id("tax").walk()
         if tr.tag == "tr"
     ][1:]
-    # the time the wasted attempts took is measured, so only its form is checked
-    assert [row[:4] + row[5:] for row in tax_rows] == [
-        ["up/backup", "2", "22", "14", "not priced"],
-        ["up/primary", "4", "33", "21", "not priced"],
+    # the time the taxed attempts took is measured, so only its form is checked; 4 requests
+    # reached a model: "two" and "three" pay every attempt, "five" its upstream error (no
+    # tokens) and up/backup's two
+    assert [row[:4] + row[5:7] for row in tax_rows] == [
+        ["up/backup", "3", "33", "21", "not priced", "13.5"],
+        ["up/primary", "5", "44", "28", "not priced", "18.0"],
+        ["total", "8", "77", "49", "not priced", "31.5"],
     ]
     assert all(re.fullmatch(r"\d+\.\d s", row[4]) for row in tax_rows)
     assert page.text("stat-requests") == "5"
