@@ -82,6 +82,37 @@ def finetune_by_dataset(provider: str, dataset_hash: str) -> str:
     return f"{PREFIX}finetune-dataset:{provider}:{dataset_hash}"
 
 
+# Compiles (``formwork train compile``): one record per task version, data and knobs; its
+# evaluation kept beside it for the promotion; a lease so that one process drives it at a time.
+COMPILE_TTL_S = FINETUNE_TTL_S
+COMPILE_LEASE_S = 30
+
+
+def compile_record(compile_id: str) -> str:
+    """String: the JSON of one compile's record (steps, progress, results)."""
+    return f"{PREFIX}compile:{compile_id}"
+
+
+def compile_evaluation(compile_id: str) -> str:
+    """String: the JSON of the held-out evaluation the compile's promotion uses."""
+    return f"{PREFIX}compile:{compile_id}:evaluation"
+
+
+def compile_lease(compile_id: str) -> str:
+    """String: the process driving the compile (``host:pid:token``; expires unless renewed)."""
+    return f"{PREFIX}compile:{compile_id}:lease"
+
+
+def compile_cancel(compile_id: str) -> str:
+    """String: present once a cancel was asked for; the driving process stops at its next check."""
+    return f"{PREFIX}compile:{compile_id}:cancel"
+
+
+def compiles_of(name: str) -> str:
+    """Sorted set of a task's compile ids by last update."""
+    return f"{PREFIX}compiles:{name}"
+
+
 def flight_failure(cache_key: str) -> str:
     """String: the problem a single-flight leader ended with, for its followers."""
     return f"{PREFIX}flight-failed:{cache_key.removeprefix(PREFIX)}"

@@ -186,6 +186,7 @@ class TaskSpec(Strict):
                 "a candidate must be a model the task does not route to"
             )
         return candidate
+
     format_budget: FormatBudget | None = None
 
 
@@ -530,6 +531,10 @@ class FinetuneJob(Model):
     hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
     external_id: str | None = Field(None, description="The provider's own job id.")
     trained_tokens: int | None = None
+    step: int | None = Field(None, description="Training steps done (local jobs).")
+    steps: int | None = Field(None, description="Training steps in all (local jobs).")
+    loss: float | None = Field(None, description="The training loss at the last step.")
+    eta_s: float | None = Field(None, description="Seconds left, from the steps' pace so far.")
 
     @property
     def final(self) -> bool:
@@ -557,6 +562,96 @@ class FinetuneRequest(Strict):
     )
     seed: int | None = Field(None, description="Seed of the split; default from settings.")
     source: Source = Field(default_factory=Source)
+
+
+# -- compiles: /v1/tasks/{task}/compile, /v1/compiles/{id} --
+
+CompileStatus = Literal["running", "stopped", "failed", "cancelled", "succeeded"]
+StepStatus = Literal["pending", "running", "done", "skipped", "failed"]
+COMPILE_STEPS = ("dataset", "checks", "finetune", "eval", "shadow", "promote")
+
+
+class CandidateOptions(Strict):
+    """How the fine-tuned model is routed, evaluated and promoted."""
+
+    prompt: Literal["finetuned", "instructed"] = "finetuned"
+    constrained: bool = Field(True, description="Use the provider's schema-constrained decoding.")
+    max_attempts: int = Field(2, ge=1, le=5, description="1 + re-asks on the candidate.")
+    timeout_s: float = Field(60.0, gt=0, le=600)
+
+
+class CompileRequest(Strict):
+    """The body of ``POST /v1/tasks/{task}/compile``: data, fine-tune and held-out set."""
+
+    provider: str = Field("local", description="The fine-tuner: `local` or `openai`.")
+    base_model: str | None = Field(
+        None, min_length=1, description="Default: `smollm2-135m` (local), `gpt-4o-mini` (openai)."
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="Local `n_epochs` defaults by data size (`training.compiler.local_epochs`).",
+    )
+    validation_fraction: float | None = Field(
+        None, ge=0, le=0.5, description="Held out for the validation loss; default none."
+    )
+    seed: int | None = Field(None, description="Seed of the splits; default from settings.")
+    source: Source = Field(default_factory=Source)
+    test: list[Example] | None = Field(
+        None, max_length=1000, description="Held-out rows; default: a seeded split of the data."
+    )
+    test_fraction: float = Field(0.2, gt=0, le=0.5, description="Held out when `test` is absent.")
+    candidate: CandidateOptions = Field(default_factory=CandidateOptions)
+    concurrency: int = Field(1, ge=1, le=16, description="Evaluation cases in flight at once.")
+    force: bool = Field(False, description="Promote even when the candidate is worse.")
+
+
+class CompileStep(Model):
+    name: str
+    status: StepStatus = "pending"
+    reused: bool = Field(False, description="Its result was already there for the same inputs.")
+    detail: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class RouteScore(Model):
+    model: str
+    valid_rate: float
+    first_attempt_valid_rate: float
+    exact_match: float
+    field_accuracy: float
+    prompt_tokens: float
+    latency_ms_p50: float
+
+
+class CompileJob(Model):
+    """One compile of a task, as stored and as the API returns it."""
+
+    id: str
+    task: str
+    status: CompileStatus
+    step: str | None = Field(None, description="The step running or stopped at.")
+    steps: list[CompileStep]
+    created_at: float
+    updated_at: float
+    base_version: int = Field(description="The task version the candidate is measured against.")
+    inputs_digest: str = Field(description="Of the data, held-out rows, model and knobs.")
+    provider: str
+    base_model: str
+    hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
+    dataset_hash: str | None = None
+    train_examples: int = 0
+    validation_examples: int = 0
+    test_examples: int = 0
+    finetune: FinetuneJob | None = None
+    eval_done: int = Field(0, description="Evaluation cases done (candidate, then current).")
+    eval_total: int = 0
+    candidate: RouteScore | None = None
+    current: RouteScore | None = None
+    promoted: bool | None = None
+    version: int | None = Field(None, description="The task version the promotion made.")
+    reason: str | None = None
+    error: str | None = None
 
 
 # -- batches: /v1/tasks/{task}/batch, /v1/tasks/{task}/batches, /v1/batches/{id} --

@@ -19,7 +19,7 @@ from training.assembly import open_services
 from . import openapi, problems, ui
 from .deps import AppState
 from .middleware import BodyLimitMiddleware, LoopbackOnlyMiddleware, RequestIdMiddleware
-from .routes import batch, compat, finetunes, health, tasks
+from .routes import batch, compat, compiles, finetunes, health, tasks
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(tasks.router)
     app.include_router(finetunes.router)
+    app.include_router(compiles.router)
     app.include_router(health.router)
     app.include_router(compat.router)
     app.include_router(batch.router)

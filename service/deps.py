@@ -23,6 +23,7 @@ from formwork.runner import Runner
 from formwork.store import Store
 from formwork.validation import Validators
 from training.assembly import Services
+from training.compilations import Compilations
 from training.jobs import JobManager
 from training.launcher import Launcher
 
@@ -82,6 +83,10 @@ async def get_jobs(request: Request) -> JobManager:
     return _state(request).services.jobs
 
 
+async def get_compilations(request: Request) -> Compilations:
+    return _state(request).services.compilations
+
+
 async def get_batches(request: Request) -> BatchJobs:
     return _state(request).services.core.batches
 
@@ -108,6 +113,7 @@ GuardDep = Annotated[Guard, Depends(get_guard)]
 ProvidersDep = Annotated[Providers, Depends(get_providers)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+CompilationsDep = Annotated[Compilations, Depends(get_compilations)]
 BatchesDep = Annotated[BatchJobs, Depends(get_batches)]
 CandidatesDep = Annotated[Candidates, Depends(get_candidates)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,5 +1,5 @@
 """The whole graph: the core (``formwork.assembly``) and, on the same exit stack, the fine-tune
-jobs and their launcher. The app's lifespan and the training CLI open it."""
+jobs, their launcher and the compiles. The app's lifespan and the training CLI open it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from formwork.assembly import Core, open_core
 from formwork.config import Settings
 from formwork.providers.base import Provider
 
+from .compilations import Compilations, served_evaluate
+from .compiler import Compiler, Evaluate
+from .compiles import CompileStore
 from .finetuners import build_finetuners
 from .jobs import JobManager
 from .launcher import DatasetBuilder, Launcher
@@ -22,6 +25,20 @@ class Services:
     core: Core
     jobs: JobManager
     launcher: Launcher
+    compilations: Compilations
+
+    def compiler(self, evaluate: Evaluate) -> Compiler:
+        """A compiler on these services whose held-out evaluation runs through ``evaluate``."""
+        core = self.core
+        return Compiler(
+            registry=core.registry,
+            jobs=self.jobs,
+            builder=self.launcher.builder,
+            metrics=core.metrics,
+            store=self.compilations.store,
+            evaluate=evaluate,
+            poll_s=core.settings.training.poll_interval_s,
+        )
 
 
 @asynccontextmanager
@@ -40,4 +57,12 @@ async def open_services(
         stack.push_async_callback(jobs.aclose)
         builder = DatasetBuilder(settings.training, core.validators)
         launcher = Launcher(builder, core.metrics, jobs, retirements=core.guard.retirements)
-        yield Services(core, jobs, launcher)
+        services: Services
+
+        def compiler() -> Compiler:
+            return services.compiler(served_evaluate(core))
+
+        compilations = Compilations(compiler, CompileStore(core.store), jobs)
+        stack.push_async_callback(compilations.aclose)
+        services = Services(core, jobs, launcher, compilations)
+        yield services

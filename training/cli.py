@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +25,8 @@ from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from formwork.assembly import Core, open_core
 from formwork.config import Settings
-from formwork.errors import FormworkError
+from formwork.errors import FormworkError, Unavailable
+from formwork.prompts import finetuned_messages, instructed_messages
 from formwork.protocol import (
     FinetuneJob,
     FinetuneRequest,
@@ -34,18 +37,22 @@ from formwork.protocol import (
 )
 from formwork.validation import Validators
 
+from .adapters import LOCAL_EXAMPLES_SEEN, Knobs, local_epochs
 from .assembly import open_services
-from .cost import Estimate
+from .calibration import CalibrationJob, Prompt, calibrate
+from .compile_cli import add_compile_action, duration, interruptible
+from .compiler import DEFAULT_BASE_MODELS
+from .cost import Estimate, LocalCost, local_cost
 from .dataset import harvest, write_rows
 from .evaluation import add_eval_action
-from .jobs import JobManager
+from .jobs import FineTuneError, JobManager
 from .launcher import DatasetBuilder, Prepared, gather_rows
 from .promotion import add_promote_action
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[None, None, int]]
-DEFAULT_BASE_MODELS = {"openai": "gpt-4o-mini-2024-07-18", "local": "smollm2-135m"}
+PREFILL_SAMPLES = 3  # inputs whose prompts the calibration prefills
 
 
 # -- shared ----------------------------------------------------------------------------------
@@ -149,14 +156,19 @@ def print_stats(ready: Prepared, estimate: Estimate) -> None:
 def money(value: float | None) -> str:
     if value is None:
         return "unknown (no price for this model: set training.prices)"
+    if value == 0:
+        return "$0"
     return f"${value:,.2f}" if value >= 0.01 else f"${value:.6f}"
 
 
-def print_estimate(e: Estimate) -> None:
+def print_estimate(e: Estimate, *, provider: str = "openai") -> None:
     limit = f"{e.token_limit:,} tokens an example" if e.token_limit else "no known limit"
-    epochs = f"{e.epochs}" + (
-        f" (OpenAI's default for {e.train_examples} examples)" if e.default_epochs else ""
+    rule = (
+        f"by data size: ~{LOCAL_EXAMPLES_SEEN} examples seen"
+        if provider == "local"
+        else f"OpenAI's default for {e.train_examples} examples"
     )
+    epochs = f"{e.epochs}" + (f" ({rule})" if e.default_epochs else "")
     rows = [
         ("base model", f"{e.base_model} ({limit})"),
         ("epochs", epochs),
@@ -179,8 +191,96 @@ def print_estimate(e: Estimate) -> None:
             else f"after {e.break_even_requests:,} requests",
         ),
     ]
+    if e.local is not None:
+        rows = [row for row in rows if row[0] != "break-even"] + local_rows(e.local)
     for name, value in rows:
         print(f"{name:<16}{value}")
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def local_rows(c: LocalCost) -> list[tuple[str, str]]:
+    when = "cached " + time.strftime("%Y-%m-%d %H:%M", time.localtime(c.calibrated_at))
+    pace = (
+        f"{c.steps} steps x {c.s_per_step:.2f} s + {c.load_s:.0f} s load; "
+        f"{c.examples_per_s:.2f} examples/s on {c.device}, {c.threads} threads"
+    )
+
+    def even(n: int | None) -> str:
+        return "never" if n is None else f"{n:,} requests"
+
+    return [
+        ("training time", f"{duration(c.training_s)} on this machine ({pace})"),
+        (
+            "calibration",
+            f"{when if c.cached else 'measured now'}: 1 warm-up + timed steps"
+            + (f", load average {c.load_average:g}" if c.load_average is not None else ""),
+        ),
+        ("peak memory", f"{c.peak_rss_bytes / 2**20:,.0f} MB resident (the trainer)"),
+        (
+            "prefill/request",
+            f"cold {seconds(c.prefill_instructed_s)} instructed -> "
+            f"{seconds(c.prefill_finetuned_s)} finetuned; prefix cached "
+            f"{seconds(c.warm_instructed_s)} -> {seconds(c.warm_finetuned_s)}",
+        ),
+        (
+            "break-even",
+            f"money: none to pay back ($0); compute: {even(c.break_even_requests_cold)} cold, "
+            f"{even(c.break_even_requests_warm)} with the prefix cached",
+        ),
+    ]
+
+
+async def local_estimate(
+    args: argparse.Namespace, ready: Prepared, e: Estimate, settings: Settings
+) -> LocalCost:
+    """Calibrate on this machine (or read the calibration kept for it) and predict."""
+    knobs = Knobs(
+        n_epochs=1,  # the pace does not depend on it: one calibration serves every epoch count
+        **{
+            name: value
+            for name, value in (
+                ("batch_size", args.batch_size),
+                ("lora_rank", args.lora_rank),
+                ("lora_alpha", args.lora_alpha),
+            )
+            if value is not None
+        },
+    )
+    rows = ready.dataset.train[:PREFILL_SAMPLES]
+    prompts = [
+        Prompt(
+            instructed=list(instructed_messages(ready.spec, row.input)),
+            finetuned=list(finetuned_messages(ready.dataset.task, row.input)),
+        )
+        for row in rows
+    ]
+    with tempfile.TemporaryDirectory(prefix="formwork-estimate-") as tmp:
+        files = await asyncio.to_thread(ready.dataset.write, Path(tmp))
+        job = CalibrationJob(
+            train_file=files.train, knobs=knobs, threads=settings.local.threads, prompts=prompts
+        )
+        print(
+            "calibrating local training on this machine (a few real steps; kept per machine, "
+            "knobs and data)...",
+            file=sys.stderr,
+        )
+        found, cached = await calibrate(
+            job,
+            cache_dir=settings.local.cache_dir,
+            data_digest=files.digest,
+            fresh=args.recalibrate,
+        )
+    return local_cost(
+        found,
+        train_examples=e.train_examples,
+        validation_examples=e.validation_examples,
+        batch_size=knobs.batch_size,
+        epochs=e.epochs,
+        cached=cached,
+    )
 
 
 def print_job(job: FinetuneJob) -> None:
@@ -225,7 +325,16 @@ async def cmd_dataset(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_estimate(args: argparse.Namespace, settings: Settings) -> int:
     builder, ready = await prepared(args, settings)
-    estimate = ready.estimate(builder.tables, compare_model=args.compare_model, epochs=args.epochs)
+    epochs = args.epochs
+    if args.provider == "local" and epochs is None:
+        epochs = local_epochs(len(ready.dataset.train))
+    estimate = ready.estimate(builder.tables, compare_model=args.compare_model, epochs=epochs)
+    estimate.default_epochs = args.epochs is None
+    if args.provider == "local" and args.calibrate:
+        try:
+            estimate.local = await local_estimate(args, ready, estimate, settings)
+        except FineTuneError as e:
+            raise Unavailable(str(e)) from e
     if args.json:
         print(
             json.dumps({"estimate": estimate.model_dump(), **ready.report.model_dump()}, indent=2)
@@ -233,7 +342,7 @@ async def cmd_estimate(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print_checks(ready)
     print_stats(ready, estimate)
-    print_estimate(estimate)
+    print_estimate(estimate, provider=args.provider)
     return 0
 
 
@@ -262,7 +371,19 @@ def add_data_actions(actions: Subparsers) -> None:
 
     estimate = actions.add_parser("estimate", help="token stats, training cost, break-even")
     add_task_arguments(estimate)
-    estimate.add_argument("--epochs", type=int, help="default: OpenAI's rule for the data size")
+    estimate.add_argument(
+        "--epochs", type=int, help="default: by data size (OpenAI's rule; local: ~800 seen)"
+    )
+    estimate.add_argument("--batch-size", type=int, help="local")
+    estimate.add_argument("--lora-rank", type=int, help="local")
+    estimate.add_argument("--lora-alpha", type=int, help="local")
+    estimate.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="local: measure training and prefill on this machine (kept in the cache folder)",
+    )
+    estimate.add_argument("--recalibrate", action="store_true", help="local: measure again")
     estimate.add_argument("--compare-model", help="the model instructed prompts would run on")
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
     estimate.set_defaults(handler=cmd_estimate)
@@ -305,8 +426,24 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         print_job(job)
         if args.wait and not job.final:
             interval_s = args.interval or settings.training.poll_interval_s
-            print_job(await follow(services.jobs, job, interval_s=interval_s))
+            try:
+                job = await interruptible(follow(services.jobs, job, interval_s=interval_s))
+            except asyncio.CancelledError:
+                print(going_on(job), file=sys.stderr)
+                raise
+            print_job(job)
     return 0
+
+
+def going_on(job: FinetuneJob) -> str:
+    """What Ctrl-C while following a job says: it goes on, and how to follow or cancel it."""
+    return "\n".join(
+        [
+            f"stopped following: fine-tune {job.id} goes on in the background.",
+            f"  follow it: formwork train status {job.id} --wait",
+            f"  cancel it: formwork train cancel {job.id}",
+        ]
+    )
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -315,7 +452,11 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         job = await jobs.refresh(args.job)
         if args.wait and not job.final:
             interval_s = args.interval or settings.training.poll_interval_s
-            job = await follow(jobs, job, interval_s=interval_s)
+            try:
+                job = await interruptible(follow(jobs, job, interval_s=interval_s))
+            except asyncio.CancelledError:
+                print(going_on(job), file=sys.stderr)
+                raise
         print_job(job)
         if args.events:
             for event in await jobs.events(job.id, limit=args.events):
@@ -368,6 +509,7 @@ def add_train_parser(sub: Subparsers) -> None:
     add_job_actions(actions)
     add_eval_action(actions)
     add_promote_action(actions)
+    add_compile_action(actions)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -375,6 +517,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         handler: Handler = args.handler
         return asyncio.run(handler(args, settings))
+    except KeyboardInterrupt:
+        return 130  # the command said what goes on in the background
     except FormworkError as e:
         lines = [f"formwork: {e.title}: {e.detail}"]
         errors = e.extensions.get("errors")

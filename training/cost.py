@@ -19,6 +19,7 @@ from formwork.config import ModelPrice, TrainingSettings
 from formwork.prices import MILLION, PRICES, by_prefix
 from formwork.protocol import TaskSpec
 
+from .calibration import Calibration
 from .dataset import Dataset
 from .tokens import TokenCounter, counter_for
 
@@ -98,6 +99,33 @@ class Distribution(BaseModel):
         )
 
 
+class LocalCost(BaseModel):
+    """A local fine-tune's cost in time, predicted from a calibration (``training.calibration``)
+    on this machine, and the compute a finetuned prompt saves per request on the embedded model.
+    """
+
+    steps: int
+    batch_size: int
+    s_per_step: float
+    examples_per_s: float
+    load_s: float
+    training_s: float  # load + steps + the validation pass
+    peak_rss_bytes: int
+    device: str
+    threads: int
+    load_average: float | None  # the machine's, as the calibration ran
+    calibrated_at: float
+    cached: bool  # the calibration came from the cache folder
+    prefill_instructed_s: float | None  # per request, nothing cached
+    prefill_finetuned_s: float | None
+    warm_instructed_s: float | None  # per request, the static prefix cached (steady state)
+    warm_finetuned_s: float | None
+    saved_s_cold: float | None  # prefill seconds a request saves, cold / warm
+    saved_s_warm: float | None
+    break_even_requests_cold: int | None  # requests whose saved prefill pays the training
+    break_even_requests_warm: int | None
+
+
 class Estimate(BaseModel):
     base_model: str
     train_examples: int
@@ -119,6 +147,7 @@ class Estimate(BaseModel):
     request_cost_finetuned_usd: float | None
     saving_per_request_usd: float | None
     break_even_requests: int | None
+    local: LocalCost | None = None  # measured on this machine (local fine-tunes)
 
 
 def _mean(values: Sequence[int]) -> float:
@@ -212,4 +241,52 @@ def estimate(
         request_cost_finetuned_usd=cost_finetuned,
         saving_per_request_usd=saving,
         break_even_requests=break_even,
+    )
+
+
+def local_cost(
+    calibration: Calibration,
+    *,
+    train_examples: int,
+    validation_examples: int,
+    batch_size: int,
+    epochs: int,
+    cached: bool,
+) -> LocalCost:
+    """The training time at the calibrated pace, and the prefill it saves per request."""
+    c = calibration
+    steps = math.ceil(train_examples / batch_size) * epochs
+    # the validation loss is one forward pass per batch: about a third of a training step
+    validation_s = math.ceil(validation_examples / batch_size) * c.s_per_step / 3
+    training_s = c.load_s + steps * c.s_per_step + validation_s
+
+    def saved(instructed: float | None, finetuned: float | None) -> tuple[float | None, int | None]:
+        if instructed is None or finetuned is None:
+            return None, None
+        seconds = round(instructed - finetuned, 4)
+        return seconds, math.ceil(training_s / seconds) if seconds > 0 else None
+
+    saved_cold, even_cold = saved(c.prefill_instructed_s, c.prefill_finetuned_s)
+    saved_warm, even_warm = saved(c.warm_instructed_s, c.warm_finetuned_s)
+    return LocalCost(
+        steps=steps,
+        batch_size=batch_size,
+        s_per_step=c.s_per_step,
+        examples_per_s=c.examples_per_s,
+        load_s=c.load_s,
+        training_s=round(training_s, 1),
+        peak_rss_bytes=c.peak_rss_bytes,
+        device=c.device,
+        threads=c.threads,
+        load_average=c.load_average,
+        calibrated_at=c.measured_at,
+        cached=cached,
+        prefill_instructed_s=c.prefill_instructed_s,
+        prefill_finetuned_s=c.prefill_finetuned_s,
+        warm_instructed_s=c.warm_instructed_s,
+        warm_finetuned_s=c.warm_finetuned_s,
+        saved_s_cold=saved_cold,
+        saved_s_warm=saved_warm,
+        break_even_requests_cold=even_cold,
+        break_even_requests_warm=even_warm,
     )

@@ -146,11 +146,13 @@ class Dataset:
     def contents(self) -> tuple[bytes, bytes]:
         return jsonl(self.task, self.train), jsonl(self.task, self.validation)
 
-    def write(self, directory: Path, *, stem: str | None = None) -> DatasetFiles:
-        """``<stem>.train.jsonl`` and ``<stem>.validation.jsonl`` (when any held out).
+    def digest(self) -> str:
+        """Over both files' bytes, so it names exactly what a provider receives."""
+        train, validation = self.contents()
+        return hashlib.sha256(train + b"\0" + validation).hexdigest()
 
-        The digest covers both files' bytes, so it names exactly what a provider receives.
-        """
+    def write(self, directory: Path, *, stem: str | None = None) -> DatasetFiles:
+        """``<stem>.train.jsonl`` and ``<stem>.validation.jsonl`` (when any held out)."""
         train, validation = self.contents()
         digest = hashlib.sha256(train + b"\0" + validation).hexdigest()
         stem = stem or f"{self.task}-{digest[:12]}"

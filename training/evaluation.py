@@ -18,7 +18,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -110,10 +110,18 @@ def summarize(route: Route, results: list[CaseResult]) -> RouteReport:
 class Evaluator:
     """Runs held-out rows through routes with the service's ``Runner``."""
 
-    def __init__(self, runner: Runner, *, concurrency: int = 1, progress: bool = False) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        concurrency: int = 1,
+        progress: bool = False,
+        on_case: Callable[[], None] | None = None,
+    ) -> None:
         self.runner = runner
         self.concurrency = concurrency
         self.progress = progress
+        self.on_case = on_case  # called as each case ends (a progress display's tick)
 
     async def case(self, task: TaskVersion, route: Route, row: Row) -> CaseResult:
         runner = self.runner
@@ -152,10 +160,17 @@ class Evaluator:
             async with gate:
                 result = await self.case(task, route, row)
             bar.update(1)
+            if self.on_case is not None:
+                self.on_case()
             return result
 
+        cases = [asyncio.ensure_future(one(row)) for row in rows]
         try:
-            results = await asyncio.gather(*(one(row) for row in rows))
+            results = await asyncio.gather(*cases)
+        except BaseException:
+            for case in cases:  # one failed: the others stop too, none left running
+                case.cancel()
+            raise
         finally:
             bar.close()
         return summarize(route, list(results))
@@ -244,10 +259,14 @@ def render(comparison: Comparison) -> str:
 # -- the command ----------------------------------------------------------------------------
 
 
-def add_route_arguments(parser: argparse.ArgumentParser) -> None:
+def add_route_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("task", help="task name")
-    parser.add_argument("--candidate", required=True, help="the candidate model, provider/model")
-    parser.add_argument("--test", type=Path, required=True, help='held-out {"input","output"} rows')
+    parser.add_argument(
+        "--candidate", required=required, help="the candidate model, provider/model"
+    )
+    parser.add_argument(
+        "--test", type=Path, required=required, help='held-out {"input","output"} rows'
+    )
     parser.add_argument("--prompt", choices=["finetuned", "instructed"], default="finetuned")
     parser.add_argument(
         "--constrained",
@@ -279,6 +298,8 @@ async def compare_from_args(args: argparse.Namespace, core: Core) -> Comparison:
 async def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     async with open_core(settings, record=False) as core:
         comparison = await compare_from_args(args, core)
+    if args.out is not None:
+        await asyncio.to_thread(args.out.write_text, comparison.model_dump_json(indent=2))
     print(comparison.model_dump_json(indent=2) if args.json else render(comparison))
     return 0
 
@@ -289,4 +310,7 @@ def add_eval_action(actions: Subparsers) -> None:
     )
     add_route_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    parser.add_argument(
+        "--out", type=Path, help="also write the report here (`train promote --evaluation`)"
+    )
     parser.set_defaults(handler=cmd_eval)

@@ -32,6 +32,7 @@ from redis.exceptions import WatchError
 from formwork import keys
 from formwork.errors import FormworkError, InvalidInput, Unavailable
 from formwork.protocol import (
+    FINAL_STATUSES,
     FinetuneJob,
     Hyperparameters,
     JobEvent,
@@ -89,6 +90,10 @@ class JobState:
     error: str | None = None
     trained_tokens: int | None = None
     hyperparameters: dict[str, JsonValue] = field(default_factory=dict)  # as resolved
+    step: int | None = None  # training steps done, where the provider tells
+    steps: int | None = None
+    loss: float | None = None
+    eta_s: float | None = None
 
 
 class FineTuner(Protocol):
@@ -246,6 +251,10 @@ class JobManager:
                 "error": state.error,
                 "trained_tokens": state.trained_tokens or job.trained_tokens,
                 "hyperparameters": {**job.hyperparameters, **state.hyperparameters},
+                "step": state.step if state.step is not None else job.step,
+                "steps": state.steps or job.steps,
+                "loss": state.loss if state.loss is not None else job.loss,
+                "eta_s": state.eta_s if state.status not in FINAL_STATUSES else None,
                 "updated_at": time.time(),
             }
         )

@@ -17,6 +17,7 @@ from formwork.retirement import Retirements
 from formwork.validation import Validators
 
 from . import checks
+from .adapters import local_epochs
 from .checks import Problem, Report
 from .cost import Estimate, Tables, estimate
 from .dataset import Dataset, Row, from_examples, harvest, merge, read_jsonl, split
@@ -196,11 +197,11 @@ class Launcher:
         )
         prepared.report.raise_for_errors()
         stored = await asyncio.to_thread(prepared.dataset.write, settings.data_dir / task)
+        knobs = request.hyperparameters
+        if request.provider == "local" and knobs.n_epochs is None:  # by data size
+            knobs = knobs.model_copy(update={"n_epochs": local_epochs(stored.train_examples)})
         job, created = await self.jobs.start(
-            stored,
-            provider=request.provider,
-            base_model=request.base_model,
-            hyperparameters=request.hyperparameters,
+            stored, provider=request.provider, base_model=request.base_model, hyperparameters=knobs
         )
         notes = retirement_warnings(request, settings, self.retirements)
         return Launched(job, created, notes + prepared.report.warnings)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -156,6 +157,10 @@ class LocalFineTuner:
             error=error,
             trained_tokens=state.get("trained_tokens"),
             hyperparameters=knobs.model_dump(),
+            step=state.get("step"),
+            steps=state.get("steps"),
+            loss=state.get("loss"),
+            eta_s=None if status in FINAL_STATUSES else eta_s(state),
         )
 
     def _alive(self, external_id: str, pid: int | None) -> bool:
@@ -171,6 +176,19 @@ class LocalFineTuner:
         except PermissionError:
             return True
         return True
+
+
+def eta_s(state: dict[str, Any]) -> float | None:
+    """Seconds left at the pace of the steps this worker made (None before its second step)."""
+    try:
+        done = int(state["step"]) - int(state["pace_step"])
+        spent = float(state["updated_at"]) - float(state["pace_at"])
+        left = int(state["steps"]) - int(state["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if done <= 0 or spent <= 0:
+        return None
+    return round(spent / done * left, 1)
 
 
 async def _spawn(folder: JobFolder) -> subprocess.Popen[bytes]:

@@ -2,15 +2,19 @@
 the held-out evaluation shows it no worse than the current route on validity and on accuracy.
 
 ``force`` promotes regardless; either way the decision says why, with both numbers side by side.
-The route evaluated as current stays behind the candidate as its fallback.
+The route evaluated as current stays behind the candidate as its fallback. ``train promote
+--evaluation FILE`` promotes on a report ``train eval --out FILE`` wrote, without evaluating
+again (``train compile`` promotes on its own eval step's report the same way).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from formwork.assembly import open_core
 from formwork.config import Settings
@@ -99,9 +103,36 @@ def describe(decision: Decision) -> str:
     return f"{head}\n  {decision.reason}"
 
 
+async def evaluation_from_args(args: argparse.Namespace) -> Comparison | None:
+    """The evaluation ``--evaluation`` names (``train eval --out``), checked against the task
+    and candidate given; None when the command is to evaluate first."""
+    if args.evaluation is None:
+        if args.candidate is None or args.test is None:
+            raise SystemExit("formwork: give --evaluation FILE, or --candidate and --test")
+        return None
+    text = await asyncio.to_thread(args.evaluation.read_text)
+    try:
+        comparison = Comparison.model_validate_json(text)
+    except ValidationError as e:
+        raise InvalidInput(
+            f"{args.evaluation} is not an evaluation report (train eval --out)",
+            errors=[{"path": str(args.evaluation), "message": str(e.errors()[0]["msg"])}],
+        ) from e
+    if comparison.task != args.task:
+        raise SystemExit(f"formwork: {args.evaluation} evaluates task {comparison.task!r}")
+    if args.candidate is not None and args.candidate != comparison.candidate.route.model:
+        raise SystemExit(
+            f"formwork: {args.evaluation} evaluates {comparison.candidate.route.model}, "
+            f"not {args.candidate}"
+        )
+    return comparison
+
+
 async def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_core(settings, record=False) as core:
-        comparison = await compare_from_args(args, core)
+    given = await evaluation_from_args(args)
+    local: Literal["load", "skip"] = "load" if given is None else "skip"  # a report: no model
+    async with open_core(settings, local=local, record=False) as core:
+        comparison = given or await compare_from_args(args, core)
         decision = await promote(core.registry, comparison, force=args.force)
     print(render(comparison))
     print(describe(decision))
@@ -112,6 +143,11 @@ def add_promote_action(actions: Subparsers) -> None:
     parser = actions.add_parser(
         "promote", help="evaluate, then route the task to the candidate when it is no worse"
     )
-    add_route_arguments(parser)
+    add_route_arguments(parser, required=False)
+    parser.add_argument(
+        "--evaluation",
+        type=Path,
+        help="promote on this evaluation (`train eval --out`) instead of evaluating again",
+    )
     parser.add_argument("--force", action="store_true", help="promote even when it is worse")
     parser.set_defaults(handler=cmd_promote)

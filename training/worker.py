@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,9 +30,19 @@ def work(folder: JobFolder) -> int:
     folder.write_state(status="running", pid=os.getpid())
     if found := checkpoints(config.run_dir):
         folder.event(f"resuming from the checkpoint at {found[-1].name}")
+    pace: dict[str, float] = {}  # the first step this process made, and when: the ETA's base
 
     def on_step(step: Step) -> None:
-        folder.write_state(progress=step.step / step.total, step=step.step, loss=step.loss)
+        if not pace:
+            pace.update(step=step.step, at=time.time())
+        folder.write_state(
+            progress=step.step / step.total,
+            step=step.step,
+            steps=step.total,
+            loss=step.loss,
+            pace_step=pace["step"],
+            pace_at=pace["at"],
+        )
         if step.step % config.knobs.checkpoint_every == 0:
             folder.event(f"step {step.step}/{step.total}: loss {step.loss:.4f}")
 

@@ -231,3 +231,50 @@ def test_the_eval_command_prints_the_table(
     assert lines[6].split() == ["schema-valid", "75.0%", "(3/4)", "100.0%", "(4/4)"]
     assert lines[9].split() == ["field", "accuracy", "62.5%", "100.0%"]
     assert lines[10].split() == ["label", "75.0%", "100.0%"]
+
+
+def test_promote_on_a_saved_evaluation_asks_no_model(
+    client: TestClient,
+    settings: Settings,
+    upstream: Upstream,
+    unique_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = {"output_schema": SCHEMA, "routes": [CURRENT.model_dump()]}
+    assert client.put(f"/v1/tasks/{unique_name}", json=spec).status_code == 201
+    monkeypatch.setenv("FORMWORK_REDIS_URL", settings.redis_url.get_secret_value())
+    monkeypatch.setenv("FORMWORK_PROVIDERS__UP__BASE_URL", upstream.base_url)
+    monkeypatch.setenv("FORMWORK_LOCAL__ENABLED", "false")
+    test, report = tmp_path / "test.jsonl", tmp_path / "eval.json"
+    test.write_text(
+        "".join(json.dumps({"input": r.input, "output": r.output}) + "\n" for r in ROWS)
+    )
+    script_exact(upstream, "cand")
+    script_mixed(upstream, "current")
+    args = ["--candidate", "up/cand", "--no-constrained", "--test", str(test)]
+    assert formwork(["train", "eval", unique_name, *args, "--out", str(report)]) == 0
+    capsys.readouterr()
+    calls = upstream.calls()
+    assert formwork(["train", "promote", unique_name, "--evaluation", str(report)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{unique_name} v1: 4 held-out cases from {test}"
+    assert lines[-2:] == [
+        f"promoted: {unique_name} version 2 routes first to up/cand",
+        "  not worse on validity or accuracy: schema-valid 100.0% vs 75.0%; "
+        "field accuracy 100.0% vs 37.5% (candidate up/cand vs current up/current)",
+    ]
+    assert upstream.calls() == calls  # promoted on the report: nothing evaluated again
+    assert client.get(f"/v1/tasks/{unique_name}").json()["routes"][0]["model"] == "up/cand"
+
+    with pytest.raises(SystemExit) as caught:
+        formwork(
+            ["train", "promote", unique_name, "--evaluation", str(report), "--candidate", "up/x"]
+        )
+    assert caught.value.code == f"formwork: {report} evaluates up/cand, not up/x"
+    assert formwork(["train", "promote", unique_name, "--evaluation", str(report)]) == 1
+    assert capsys.readouterr().err == (
+        f"formwork: Invalid input: task {unique_name!r} is at version 2, but version 1 was "
+        "evaluated; evaluate again\n  $.version: changed since the evaluation\n"
+    )

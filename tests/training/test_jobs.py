@@ -64,6 +64,10 @@ def record(dataset: DatasetFiles, **fields: Any) -> dict[str, Any]:
         "hyperparameters": {},
         "external_id": "ftjob-0001",
         "trained_tokens": None,
+        "step": None,  # OpenAI's jobs say no steps, loss or ETA
+        "steps": None,
+        "loss": None,
+        "eta_s": None,
         **fields,
     }
 

@@ -39,6 +39,10 @@ def job_body(response: dict[str, Any], task: str, **fields: Any) -> dict[str, An
         },
         "external_id": "ftjob-0001",
         "trained_tokens": None,
+        "step": None,  # OpenAI's jobs say no steps, loss or ETA
+        "steps": None,
+        "loss": None,
+        "eta_s": None,
         **fields,
     }
 
