@@ -87,6 +87,17 @@ def test_try_it_as_pasted(redis_url: str, tmp_path: Path) -> None:
     listed, *_ = outputs[0].split("{", 1)
     for task in ("contact-extraction", "midjourney-prompt", "ticket-triage"):
         assert task in listed
+    contact, triage, image, *_ = json_values(outputs[0])  # the answers the README states
+    assert contact == {
+        "name": "Jane Doe",
+        "email": "jane.doe@acme.io",
+        "phone": "+1 415 555 0101",
+        "company": "Acme",
+        "title": "CTO",
+    }
+    assert (triage["output"]["label"], triage["output"]["urgency"]) == ("billing", "high")
+    assert image["aspect_ratio"] == "9:16"
+    assert "neon city at night" in image["prompt"]
     assert "sentiment: version 1 (created)" in outputs[1]
     answers = json_values(outputs[1])  # curl prints no newline: the bodies run together
     assert answers[-2]["version"] == 2  # the PUT over HTTP: a new version of sentiment
