@@ -11,7 +11,7 @@ three routes:
 - the base model with the ``instructed`` prompt and constrained decoding (the task file's
   fallback route; what every task ran on before the adapters shipped).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/shipped.py --out bench/shipped.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/shipped.py --out var/shipped.json
 
 It prints a markdown table per task (for ``bench/finetune.md``) and writes every case to
 ``--out``.
