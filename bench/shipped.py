@@ -36,7 +36,7 @@ from formwork.assembly import open_core  # noqa: E402
 from formwork.config import LocalModelSettings, Settings  # noqa: E402
 from formwork.protocol import Route, TaskFile, TaskVersion  # noqa: E402
 from training.dataset import read_jsonl  # noqa: E402
-from training.evaluation import Evaluator, RouteReport  # noqa: E402
+from training.evaluation import Evaluator, RouteReport, route_lines  # noqa: E402
 
 LABELS = ("adapter, constrained", "adapter, unconstrained", "base instructed, constrained")
 
@@ -68,24 +68,12 @@ def routes_of(task: TaskFile, skip_base: bool) -> list[Route]:
 
 
 def rows_table(reports: list[tuple[str, RouteReport]]) -> str:
-    head = "| " + " | ".join(["held-out rows", *(label for label, _ in reports)]) + " |"
-    lines = [head, "|" + "---|" * (len(reports) + 1)]
-
-    def row(name: str, values: list[str]) -> None:
-        lines.append("| " + " | ".join([name, *values]) + " |")
-
-    row("schema-valid", [f"{r.valid_rate:.0%} ({r.valid}/{r.cases})" for _, r in reports])
-    row("exact match", [f"{r.exact_match:.0%}" for _, r in reports])
-    row("**field accuracy**", [f"**{r.field_accuracy:.1%}**" for _, r in reports])
-    for name in reports[0][1].fields:
-        row(f"· {name}", [f"{r.fields.get(name, 0.0):.0%}" for _, r in reports])
-    row("prompt tokens/request", [f"{r.prompt_tokens:.0f}" for _, r in reports])
-    row("output tokens/request", [f"{r.completion_tokens:.0f}" for _, r in reports])
-    row("latency p50", [f"{r.latency_ms_p50 / 1000:.2f} s" for _, r in reports])
-    row(
-        "outcomes",
-        [", ".join(f"{k} {v}" for k, v in r.outcomes.items()) for _, r in reports],
-    )
+    """``training.evaluation.table``'s lines, as a markdown table."""
+    columns = [route_lines(report) for _, report in reports]
+    lines = ["| | " + " | ".join(label for label, _ in reports) + " |"]
+    lines.append("|" + "---|" * (len(reports) + 1))
+    for i, (name, _) in enumerate(columns[0]):
+        lines.append(f"| {name.strip()} | " + " | ".join(c[i][1] for c in columns) + " |")
     return "\n".join(lines)
 
 
