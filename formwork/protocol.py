@@ -467,8 +467,9 @@ class RolloutDecision(Model):
 
     at: float
     task: str
-    action: Literal["promoted", "rolled_back", "ready"] = Field(
-        description="ready: the rule is met but auto_promote is off."
+    action: Literal["candidate", "promoted", "rolled_back", "ready"] = Field(
+        description="candidate: a compile put its fine-tune on live traffic as the task's "
+        "candidate; ready: the rule is met but auto_promote is off."
     )
     model: str = Field(description="The candidate, or the promoted route rolled back.")
     from_version: int
@@ -580,6 +581,23 @@ class CandidateOptions(Strict):
     timeout_s: float = Field(60.0, gt=0, le=600)
 
 
+class CompileShadow(Strict):
+    """Live traffic decides after the held-out evaluation: the fine-tune becomes the task's
+    candidate (a new version) and the compile waits for its rule, which promotes it."""
+
+    mode: Literal["shadow", "canary"] = "shadow"
+    share: float = Field(1.0, gt=0, le=1, description="Share of live requests sampled.")
+    max_concurrency: int = Field(4, ge=1, le=256, description="Off-path calls per replica.")
+    rule: PromotionRule = Field(default_factory=PromotionRule)
+    wait_s: float = Field(
+        3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="How long the step waits for the rule; then the compile fails, the "
+        "candidate stays on live traffic, and running the compile again waits on.",
+    )
+
+
 class CompileRequest(Strict):
     """The body of ``POST /v1/tasks/{task}/compile``: data, fine-tune and held-out set."""
 
@@ -603,6 +621,11 @@ class CompileRequest(Strict):
     candidate: CandidateOptions = Field(default_factory=CandidateOptions)
     concurrency: int = Field(1, ge=1, le=16, description="Evaluation cases in flight at once.")
     force: bool = Field(False, description="Promote even when the candidate is worse.")
+    shadow: CompileShadow | None = Field(
+        None,
+        description="Put the fine-tune on live traffic and let its rule promote it; default: "
+        "the held-out evaluation decides.",
+    )
 
 
 class CompileStep(Model):
@@ -648,6 +671,12 @@ class CompileJob(Model):
     eval_total: int = 0
     candidate: RouteScore | None = None
     current: RouteScore | None = None
+    shadow_version: int | None = Field(
+        None, description="The task version that put the fine-tune on live traffic."
+    )
+    live: CandidateFigures | None = Field(
+        None, description="The fine-tune's live figures against the current route (shadow)."
+    )
     promoted: bool | None = None
     version: int | None = Field(None, description="The task version the promotion made.")
     reason: str | None = None

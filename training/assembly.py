@@ -37,6 +37,7 @@ class Services:
             metrics=core.metrics,
             store=self.compilations.store,
             evaluate=evaluate,
+            candidates=core.candidates,
             poll_s=core.settings.training.poll_interval_s,
         )
 

@@ -25,9 +25,11 @@ from formwork.protocol import (
     CandidateOptions,
     CompileJob,
     CompileRequest,
+    CompileShadow,
     CompileStep,
     FinetuneJob,
     Hyperparameters,
+    PromotionRule,
     Route,
     Source,
     TaskVersion,
@@ -69,6 +71,21 @@ def training_progress(job: FinetuneJob) -> str:
     return "  ".join(parts)
 
 
+def live_progress(job: CompileJob) -> str:
+    head = f"candidate of version {job.shadow_version} on live traffic"
+    live = job.live
+    if live is None or not live.comparisons:
+        return f"{head}: waiting for requests"
+    return (
+        f"{head}: {live.comparisons} comparisons, schema-valid {pct(live.candidate.valid_rate)} "
+        f"vs {pct(live.current.valid_rate)}, field agreement {pct(live.field_agreement)}"
+    )
+
+
+def pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.1%}"
+
+
 def step_line(job: CompileJob, step: CompileStep) -> str:
     detail = step.detail
     if step.status == "running":
@@ -76,6 +93,8 @@ def step_line(job: CompileJob, step: CompileStep) -> str:
             detail = training_progress(job.finetune)
         elif step.name == "eval" and job.eval_total:
             detail = f"{job.eval_done}/{job.eval_total} cases (candidate, then current)"
+        elif step.name == "shadow" and job.shadow_version is not None:
+            detail = live_progress(job)
     reused = "  (done before)" if step.reused else ""
     return f"  {MARKS[step.status]} {step.name:<9} {detail}{reused}".rstrip()
 
@@ -208,6 +227,17 @@ def request_of(args: argparse.Namespace) -> CompileRequest:
         ),
         concurrency=args.concurrency,
         force=args.force,
+        shadow=None
+        if args.live is None
+        else CompileShadow(
+            mode=args.live,
+            share=args.share,
+            rule=PromotionRule(
+                min_comparisons=args.min_comparisons,
+                min_field_agreement=args.min_field_agreement,
+            ),
+            wait_s=args.live_wait,
+        ),
     )
 
 
@@ -285,6 +315,31 @@ def add_compile_action(actions: Subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="candidate's timeout_s")
     parser.add_argument("--concurrency", type=int, default=1, help="eval cases in flight")
     parser.add_argument("--force", action="store_true", help="promote even when it is worse")
+    live = parser.add_mutually_exclusive_group()
+    live.add_argument(
+        "--shadow",
+        dest="live",
+        action="store_const",
+        const="shadow",
+        help="after the held-out eval, shadow live traffic and let the rule promote",
+    )
+    live.add_argument(
+        "--canary",
+        dest="live",
+        action="store_const",
+        const="canary",
+        help="after the held-out eval, answer a share of live traffic (canary)",
+    )
+    parser.add_argument("--share", type=float, default=1.0, help="live requests sampled")
+    parser.add_argument(
+        "--min-comparisons", type=int, default=200, help="live comparisons the rule needs"
+    )
+    parser.add_argument(
+        "--min-field-agreement", type=float, default=0.9, help="with the current route's answers"
+    )
+    parser.add_argument(
+        "--live-wait", type=float, default=3600.0, help="seconds to wait for the rule"
+    )
     parser.add_argument("--interval", type=float, help="fine-tune poll interval, seconds")
     parser.add_argument("--json", action="store_true", help="print the compile's record as JSON")
     parser.set_defaults(handler=cmd_compile)

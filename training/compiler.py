@@ -2,9 +2,16 @@
 
 The steps, in order: ``dataset`` (gather the rows, hold out the test rows, split and render),
 ``checks``, ``finetune`` (start or reuse the job, follow it), ``eval`` (the candidate against the
-task's current route on the held-out rows), ``shadow`` (a seam: ``Compiler(shadow=…)`` takes a
-step that puts the candidate on live traffic and waits for its rule's decision; without one it
-is skipped) and ``promote`` (from the evaluation the ``eval`` step made, never run again).
+task's current route on the held-out rows), ``shadow`` and ``promote``.
+
+Without ``request.shadow`` the held-out evaluation decides: ``shadow`` is skipped and ``promote``
+judges the evaluation the ``eval`` step made (never run again). With it, a candidate the held-out
+evaluation does not find worse goes on live traffic: ``shadow`` registers it as the task's
+candidate (a new version, compare-and-set on the evaluated one, recorded in the task's
+decisions) and waits, reading the live figures the serving replicas write, until the rule is met
+(then whoever sees it first, a replica or this step, promotes it, once) or ``wait_s`` runs out
+(the compile fails; the candidate stays, and running the compile again waits on). ``promote``
+then reports the promotion the rule made.
 
 A compile is named by its inputs: the task version it starts from, the data, the held-out rows,
 the model and the knobs (``Compilation.job.id``). Its record in Redis (``training.compiles``)
@@ -23,20 +30,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import JsonValue
+
+from formwork import keys
+from formwork.candidates import Candidates
 from formwork.digests import digest
 from formwork.errors import FormworkError, InvalidInput
 from formwork.metrics import Metrics
 from formwork.protocol import (
     COMPILE_STEPS,
+    Candidate,
     CompileJob,
     CompileRequest,
+    CompileShadow,
     CompileStep,
     Hyperparameters,
+    RolloutDecision,
     Route,
     RouteScore,
     TaskVersion,
 )
-from formwork.registry import Registry
+from formwork.registry import Journal, Registry
+from formwork.rollout import spec_of
 
 from .adapters import local_epochs
 from .compiles import CompileBusy, CompileStore, new_owner
@@ -44,7 +59,7 @@ from .dataset import Row, input_key, split
 from .evaluation import Comparison, RouteReport
 from .jobs import RETRYABLE_STATUSES, JobManager, JobNotFound
 from .launcher import DatasetBuilder, Prepared, gather_rows
-from .promotion import promote
+from .promotion import judge, promote
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +74,14 @@ OnChange = Callable[[CompileJob], None]
 
 class FinetuneFailed(FormworkError):
     status, slug, title = 502, "finetune-failed", "Fine-tune failed"
+
+
+class TaskMoved(FormworkError):
+    status, slug, title = 409, "task-moved", "Task changed under the compile"
+
+
+class ShadowUndecided(FormworkError):
+    status, slug, title = 504, "shadow-undecided", "Live traffic did not decide in time"
 
 
 class _Cancelled(Exception):
@@ -92,10 +115,6 @@ class Compilation:
 Step = Callable[[Compilation], Awaitable[str | Skip]]
 
 
-async def no_shadow(compilation: Compilation) -> Skip:
-    return Skip("no shadow rule here: the held-out evaluation decides")
-
-
 def score(report: RouteReport) -> RouteScore:
     return RouteScore(
         model=report.route.model,
@@ -126,10 +145,11 @@ class Compiler:
         metrics: Metrics,
         store: CompileStore,
         evaluate: Evaluate,
+        candidates: Candidates,
         poll_s: float = 2.0,
-        shadow: Step = no_shadow,
     ) -> None:
         self.registry = registry
+        self.candidates = candidates
         self.jobs = jobs
         self.builder = builder
         self.metrics = metrics
@@ -141,7 +161,7 @@ class Compiler:
             ("checks", self._checks),
             ("finetune", self._finetune),
             ("eval", self._eval),
-            ("shadow", shadow),
+            ("shadow", self._shadow),
             ("promote", self._promote),
         ]
         self._lock = asyncio.Lock()
@@ -207,17 +227,18 @@ class Compiler:
         if request.provider == "local" and knobs.n_epochs is None:
             knobs = knobs.model_copy(update={"n_epochs": local_epochs(len(prepared.dataset.train))})
         data = prepared.dataset.digest()
-        inputs = digest(
-            {
-                "task": task,
-                "data": data,
-                "test": [[row.input, row.output] for row in test],
-                "provider": request.provider,
-                "base_model": base_model,
-                "hyperparameters": knobs.given(),
-                "candidate": request.candidate.model_dump(mode="json"),
-            }
-        )
+        named: dict[str, JsonValue] = {
+            "task": task,
+            "data": data,
+            "test": [[row.input, row.output] for row in test],
+            "provider": request.provider,
+            "base_model": base_model,
+            "hyperparameters": knobs.given(),
+            "candidate": request.candidate.model_dump(mode="json"),
+        }
+        if request.shadow is not None:
+            named["shadow"] = request.shadow.model_dump(mode="json")
+        inputs = digest(named)
         job, base = await self._record(task, current, inputs)
         if job is None:
             now = time.time()
@@ -243,8 +264,8 @@ class Compiler:
     async def _record(
         self, task: str, current: TaskVersion, inputs: str
     ) -> tuple[CompileJob | None, TaskVersion]:
-        """The compile these inputs already have on this version, or the one whose promotion
-        made the current version (it is done); None when there is none."""
+        """The compile these inputs already have on this version, or the one whose candidate
+        (shadow step) or promotion made the current version; None when there is none."""
         found = await self.store.find(
             f"cmp-{digest({'inputs': inputs, 'base': current.digest})[:16]}"
         )
@@ -254,8 +275,8 @@ class Compiler:
         if (
             latest is not None
             and latest.inputs_digest == inputs
-            and latest.promoted
-            and latest.version == current.version
+            and current.version in (latest.version, latest.shadow_version)
+            and (latest.promoted or latest.version is None)
         ):
             return latest, await self.registry.version(task, latest.base_version)
         return None, current
@@ -455,17 +476,120 @@ class Compiler:
             f"vs {job.current.prompt_tokens:.0f} (candidate vs current)"
         )
 
-    async def _promote(self, c: Compilation) -> str:
-        job = c.job
-        blob = await self.store.evaluation(job.id)
+    async def _comparison(self, c: Compilation) -> Comparison:
+        blob = await self.store.evaluation(c.job.id)
         if blob is None:
             raise InvalidInput(
-                f"compile {job.id} has no evaluation to promote on",
+                f"compile {c.job.id} has no evaluation to promote on",
                 errors=[{"path": "$.eval", "message": "run the eval step again"}],
             )
-        decision = await promote(
-            self.registry, Comparison.model_validate_json(blob), force=c.request.force
+        return Comparison.model_validate_json(blob)
+
+    async def _shadow(self, c: Compilation) -> str | Skip:
+        options = c.request.shadow
+        if options is None:
+            return Skip("no shadow asked for: the held-out evaluation decides")
+        job = c.job
+        comparison = await self._comparison(c)
+        better, reason = judge(comparison)
+        if not better and not c.request.force:
+            return Skip(f"not put on live traffic: the held-out evaluation is {reason}")
+        if job.shadow_version is None:
+            job.shadow_version = await self._put_candidate(c, comparison.candidate.route, options)
+            await self._changed(c, save=True)
+        deadline = time.monotonic() + options.wait_s
+        while True:
+            task = await self.registry.get(job.task)
+            if task.version != job.shadow_version:
+                return await self._decided(c, task)
+            report = await self.candidates.report(task)
+            job.live = report.figures
+            if not report.unmet and report.figures is not None:
+                # the rule is met: promote unless a replica does first (compare-and-set)
+                await self.candidates.rollout.promote(task, report.figures)
+                continue
+            await self._changed(c)
+            if time.monotonic() >= deadline:
+                raise ShadowUndecided(
+                    f"after {options.wait_s:g} s the rule still waits for: "
+                    f"{'; '.join(report.unmet)}. The fine-tune stays the candidate of version "
+                    f"{job.shadow_version}; run the compile again to wait on",
+                )
+            if await self.store.cancel_requested(job.id):
+                raise _Cancelled
+            await asyncio.sleep(self.poll_s)
+
+    async def _put_candidate(self, c: Compilation, route: Route, options: CompileShadow) -> int:
+        """Register the evaluated version again with the fine-tune as its candidate."""
+        job = c.job
+        task = await self.registry.get(job.task)
+        candidate = Candidate(
+            route=route,
+            mode=options.mode,
+            share=options.share,
+            max_concurrency=options.max_concurrency,
+            rule=options.rule,
         )
+        spec = spec_of(task).model_copy(update={"candidate": candidate})
+        now = time.time()
+
+        def journal(version: int) -> Journal:
+            made = RolloutDecision(
+                at=now,
+                task=job.task,
+                action="candidate",
+                model=route.model,
+                from_version=task.version,
+                version=version,
+                reason=f"compile {job.id} put its fine-tune on live traffic ({options.mode}, "
+                f"{options.share:.0%} of requests) after the held-out evaluation",
+                routes=task.routes,
+                rule=options.rule,
+            )
+            return Journal(
+                keys.decisions(job.task),
+                made.model_dump_json(),
+                keys.DECISIONS_KEPT,
+                keys.DECISIONS_TTL_S,
+            )
+
+        version = None
+        if task.version == job.base_version:
+            version = await self.registry.put_if(
+                job.task, spec, current=task.version, journal=journal
+            )
+        if version is None:
+            raise TaskMoved(
+                f"task {job.task} is no longer at version {job.base_version}, which was "
+                "evaluated; compile again"
+            )
+        return version
+
+    async def _decided(self, c: Compilation, task: TaskVersion) -> str:
+        """The task left the candidate's version: find the promotion its rule made."""
+        job = c.job
+        made: RolloutDecision | None = None
+        for decision in await self.candidates.rollout.decisions(job.task, keys.DECISIONS_KEPT):
+            if decision.action == "promoted" and decision.from_version == job.shadow_version:
+                made = decision
+                break
+        if made is None or made.version is None:
+            raise TaskMoved(
+                f"task {job.task} moved from version {job.shadow_version} to {task.version} "
+                "while its candidate was on live traffic, not by the candidate's rule"
+            )
+        job.promoted, job.version, job.reason = True, made.version, made.reason
+        job.live = made.figures or job.live
+        return f"the rule promoted it: version {made.version} ({made.reason})"
+
+    async def _promote(self, c: Compilation) -> str:
+        job = c.job
+        if c.request.shadow is not None and c.step("shadow").status == "done":
+            if not job.promoted or job.version is None:  # the shadow step ends promoted
+                raise TaskMoved(f"compile {job.id}: its shadow step made no promotion")
+            model = job.finetune.model if job.finetune is not None else "the fine-tune"
+            return f"version {job.version} routes first to {model} (promoted on live traffic)"
+        decision = await promote(self.registry, await self._comparison(c), force=c.request.force)
         job.promoted, job.version, job.reason = decision.promoted, decision.version, decision.reason
         if decision.promoted:
             return f"version {decision.version} routes first to {decision.routes[0].model}"

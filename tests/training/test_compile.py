@@ -26,7 +26,7 @@ from tests.training.helpers import example, spec_body
 from tests.upstream import Upstream
 from training.assembly import Services, open_services
 from training.compilations import served_evaluate
-from training.compiler import Compiler
+from training.compiler import Compiler, ShadowUndecided
 from training.dataset import Row
 
 BASE = "gpt-4o-mini-2024-07-18"
@@ -96,7 +96,7 @@ async def test_every_step_runs_then_the_same_inputs_reuse_them(
         "16 train + 0 validation rows, 4 held out (seeded split of 20 rows (seed 0))",
         "passed, 1 warning(s): count: 16 training examples; 50 or more usually train better",
     ]
-    assert job.steps[4].detail == "no shadow rule here: the held-out evaluation decides"
+    assert job.steps[4].detail == "no shadow asked for: the held-out evaluation decides"
     assert job.steps[5].detail == f"version 2 routes first to {model}"
     assert job.candidate is not None
     assert job.current is not None
@@ -307,6 +307,107 @@ def test_the_api_cancels_a_compile_and_its_finetune(
     assert [job.status for job in upstream_answers.jobs.values()] == ["cancelled"]
 
 
+# -- the shadow step: live traffic decides --------------------------------------------------
+
+
+def shadowing(*, min_comparisons: int = 3, wait_s: float = 60, **extra: Any) -> dict[str, Any]:
+    rule = {"min_comparisons": min_comparisons, "min_field_agreement": 1.0, **extra}
+    return {"mode": "shadow", "share": 1.0, "rule": rule, "wait_s": wait_s}
+
+
+def decided(client: TestClient, task: str) -> list[tuple[str, int, int | None]]:
+    found = client.get(f"/v1/tasks/{task}/decisions").json()
+    return [(d["action"], d["from_version"], d["version"]) for d in found]
+
+
+@pytest.mark.usefixtures("fast_settings")
+def test_the_shadow_step_waits_for_live_traffic_and_the_rule_promotes(
+    client: TestClient, upstream_answers: Upstream, unique_name: str
+) -> None:
+    assert client.put(f"/v1/tasks/{unique_name}", json=spec_body(20)).status_code == 201
+    body = {"provider": "openai", "shadow": shadowing(min_comparisons=3)}
+    started = client.post(f"/v1/tasks/{unique_name}/compile", json=body).json()
+    url = f"/v1/compiles/{started['id']}"
+    waiting = wait_for(client, url, lambda b: b["shadow_version"] is not None)
+    model = f"up/ft:{BASE}:formwork:{unique_name}:0001"
+    assert (waiting["status"], waiting["step"], waiting["shadow_version"]) == (
+        "running",
+        "shadow",
+        2,
+    )
+    task = client.get(f"/v1/tasks/{unique_name}").json()
+    assert (task["version"], task["candidate"]["route"]["model"]) == (2, model)
+    assert [r["model"] for r in task["routes"]] == ["up/primary"]  # not promoted yet
+    time.sleep(0.2)
+    assert client.get(url).json()["status"] == "running"  # no traffic: it waits
+
+    for n in range(3):  # live traffic on the server: the caller gets the current route's answer
+        answer = client.post(f"/v1/tasks/{unique_name}/run", json={"input": f"{n} cups of tea"})
+        assert (answer.status_code, answer.json()["model"]) == (200, "up/primary")
+    job = wait_for(client, url, lambda b: b["status"] != "running")
+    assert (job["status"], [s["status"] for s in job["steps"]]) == ("succeeded", ["done"] * 6)
+    assert (job["promoted"], job["shadow_version"], job["version"]) == (True, 2, 3)
+    assert job["live"]["comparisons"] == 3
+    assert (job["live"]["candidate"]["valid_rate"], job["live"]["field_agreement"]) == (1.0, 1.0)
+    assert (
+        job["steps"][5]["detail"] == f"version 3 routes first to {model} (promoted on live traffic)"
+    )
+    routes = client.get(f"/v1/tasks/{unique_name}").json()["routes"]
+    assert [r["model"] for r in routes] == [model, "up/primary"]
+    assert decided(client, unique_name) == [("promoted", 2, 3), ("candidate", 1, 2)]
+
+
+async def test_a_shadow_step_that_times_out_fails_and_resumes_on_the_same_candidate(
+    services: Services, task: str, upstream_answers: Upstream
+) -> None:
+    from formwork.candidates import Side
+
+    request = CompileRequest.model_validate(
+        {
+            "provider": "openai",
+            "shadow": shadowing(min_comparisons=2, wait_s=0.3, auto_promote=False),
+        }
+    )
+    made = compiler(services)
+    compilation = await made.prepare(task, request)
+    with pytest.raises(ShadowUndecided, match="0 of 2 comparisons"):
+        await made.run(compilation)
+    failed = await services.compilations.store.get(compilation.job.id)
+    assert (failed.status, failed.step, statuses(failed)[4]) == ("failed", "shadow", "failed")
+    on_traffic = await services.core.registry.get(task)
+    assert (on_traffic.version, failed.shadow_version) == (2, 2)
+    assert on_traffic.candidate is not None
+
+    good = Side(True, {"item": "item 1", "count": 1}, 10.0, 50, 9)
+    for _ in range(2):  # what a serving replica records for each sampled request
+        await services.core.candidates.record(on_traffic, good, good)
+    assert (await services.core.registry.get(task)).version == 2  # auto_promote is off
+
+    job = await compile_once(services, task, request)
+    assert (job.id, job.status, job.promoted, job.version) == (failed.id, "succeeded", True, 3)
+    assert reused(job) == ["dataset", "checks", "finetune", "eval"]
+    assert job.live is not None
+    assert job.live.comparisons == 2
+    promoted = await services.core.registry.get(task)
+    assert (promoted.version, promoted.candidate, promoted.watch is not None) == (3, None, True)
+    assert len(upstream_answers.jobs) == 1
+
+
+async def test_a_candidate_worse_on_the_held_out_rows_never_goes_live(
+    services: Services, task: str, upstream_answers: Upstream
+) -> None:
+    upstream_answers.set_default(f"ft:{BASE}:formwork:{task}:0001", '{"item": "x", "count": 0}')
+    request = CompileRequest.model_validate({"provider": "openai", "shadow": shadowing()})
+    job = await compile_once(services, task, request)
+    assert (job.status, statuses(job)) == ("succeeded", DONE)
+    assert job.steps[4].detail.startswith(
+        "not put on live traffic: the held-out evaluation is worse on field accuracy"
+    )
+    assert (job.promoted, job.shadow_version, job.version) == (False, None, None)
+    current = await services.core.registry.get(task)
+    assert (current.version, current.candidate) == (1, None)
+
+
 def test_the_api_refuses_bad_compiles_with_problems(client: TestClient, unique_name: str) -> None:
     assert client.put(f"/v1/tasks/{unique_name}", json=spec_body(20)).status_code == 201
     response = client.post(f"/v1/tasks/{unique_name}/compile", json={"provider": "nope"})
@@ -505,7 +606,7 @@ def test_the_command_shows_its_steps_and_a_second_run_reuses_them(
         ["[x]", "promote"]
     ]
     assert f"  [x] promote   version 2 routes first to {model}" in lines
-    assert "  [-] shadow    no shadow rule here: the held-out evaluation decides" in lines
+    assert "  [-] shadow    no shadow asked for: the held-out evaluation decides" in lines
 
     assert main(argv) == 0
     again = capsys.readouterr().err.splitlines()
