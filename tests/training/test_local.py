@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
@@ -22,7 +24,20 @@ from training.adapters import HF_BASE_MODEL, Knobs, RunConfig, publish
 from training.dataset import Dataset, read_jsonl
 from training.jobs import DatasetFiles, JobState, StartOptions
 from training.local import LocalFineTuner
-from training.lora import IGNORE, Step, checkpoints, collate, encode, load_tokenizer, train
+from training.lora import (
+    IGNORE,
+    Step,
+    answer_loss,
+    checkpoints,
+    collate,
+    encode,
+    epoch_batches,
+    epoch_order,
+    load_base_model,
+    load_tokenizer,
+    lora_model,
+    train,
+)
 
 TASK = "contact-extraction"
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +142,36 @@ def test_loss_covers_the_answer_and_its_end_token_only() -> None:
     assert batch["labels"][0].tolist() == [*short.labels, *[IGNORE] * pad]
     assert batch["attention_mask"][0].tolist() == [1] * len(short.input_ids) + [0] * pad
     assert batch["labels"][0, len(short.input_ids) - 1] == end  # the end token keeps its label
+
+
+def test_an_epochs_batches_hold_every_example_once_with_little_padding() -> None:
+    lengths = [(i * 37) % 101 + 20 for i in range(203)]
+    batches = epoch_batches(lengths, 8, seed=3, epoch=1)
+    assert sorted(i for batch in batches for i in batch) == list(range(203))
+    assert len(batches) == math.ceil(203 / 8)
+    assert batches == epoch_batches(lengths, 8, seed=3, epoch=1)  # a function of (seed, epoch)
+    assert batches != epoch_batches(lengths, 8, seed=3, epoch=2)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    plain = epoch_order(203, 3, 1)
+    unsorted = [plain[i : i + 8] for i in range(0, 203, 8)]
+    assert padded < 0.9 * sum(len(b) * max(lengths[i] for i in b) for b in unsorted)
+
+
+@pytest.mark.slow
+def test_the_answer_loss_is_the_models_own_loss() -> None:
+    tokenizer = load_tokenizer()
+    chats = [
+        [
+            {"role": "system", "content": "Task: t. Reply with JSON only."},
+            {"role": "user", "content": "Ann " * n},
+            {"role": "assistant", "content": '{"name":"Ann"}'},
+        ]
+        for n in (1, 9)
+    ]
+    batch = collate([encode(tokenizer, chat) for chat in chats], tokenizer.pad_token_id)
+    model = lora_model(load_base_model(torch.device("cpu")), Knobs(lora_rank=2))
+    with torch.no_grad():
+        assert float(answer_loss(model, batch)) == pytest.approx(float(model(**batch).loss), 1e-5)
 
 
 @pytest.mark.slow
