@@ -7,7 +7,10 @@ null in the expected output. Expected outputs therefore match the text by constr
 the script checks that each value occurs verbatim in its text and that every output validates
 against ``schemas/contact-extraction.json``.
 
-    python training/data/make_contacts.py        # rewrites the two .jsonl files next to it
+    python training/data/make_contacts.py        # rewrites the .jsonl files next to it
+
+A third file, ``contact-extraction.traffic.jsonl``, holds requests of neither split (another
+seed) that ``bench/loop.py`` replays as the task's live traffic.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from jsonschema import Draft202012Validator, FormatChecker
 SEED = 20240611
 N_TRAIN = 200
 N_TEST = 50
+N_TRAFFIC = 120  # requests replayed as live traffic by bench/loop.py: inputs of neither split
 MAX_WORDS = 60
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE.parent.parent / "schemas" / "contact-extraction.json"
 TRAIN = HERE / "contact-extraction.train.jsonl"
 TEST = HERE / "contact-extraction.test.jsonl"
+TRAFFIC = HERE / "contact-extraction.traffic.jsonl"
 FIELDS = ("name", "email", "phone", "company", "title")
 
 FIRST = [
@@ -603,21 +608,36 @@ def check(text: str, output: dict[str, str | None], validator: Draft202012Valida
         raise ValueError(f"over {MAX_WORDS} words: {text!r}")
 
 
-def build() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """The train and test splits, the same on every run."""
+def generate(
+    rng: random.Random, n: int, seen: frozenset[str] = frozenset()
+) -> dict[str, dict[str, str | None]]:
+    """``n`` checked examples with distinct texts, none of them in ``seen``."""
     schema = json.loads(SCHEMA.read_text(encoding="utf-8"))["output_schema"]
     validator = Draft202012Validator(schema, format_checker=FormatChecker())
-    rng = random.Random(SEED)
     funcs, weights = zip(*TEMPLATES, strict=True)
     examples: dict[str, dict[str, str | None]] = {}
-    while len(examples) < N_TRAIN + N_TEST:
+    while len(examples) < n:
         template = rng.choices(funcs, weights=weights)[0]
         text, output = template(rng, make_person(rng))
         check(text, output, validator)
-        examples.setdefault(text, output)
+        if text not in seen:
+            examples.setdefault(text, output)
+    return examples
+
+
+def build() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The train and test splits, the same on every run."""
+    rng = random.Random(SEED)
+    examples = generate(rng, N_TRAIN + N_TEST)
     rows: list[dict[str, object]] = [{"input": t, "output": o} for t, o in examples.items()]
     rng.shuffle(rows)
     return rows[:N_TRAIN], rows[N_TRAIN:]
+
+
+def traffic(seen: frozenset[str]) -> list[dict[str, object]]:
+    """Requests for replaying as live traffic, with their expected answers (another seed)."""
+    examples = generate(random.Random(SEED + 1), N_TRAFFIC, seen)
+    return [{"input": t, "output": o} for t, o in examples.items()]
 
 
 def write(path: Path, rows: list[dict[str, object]]) -> None:
@@ -628,9 +648,14 @@ def write(path: Path, rows: list[dict[str, object]]) -> None:
 
 def main() -> None:
     train, test = build()
+    replayed = traffic(frozenset(str(row["input"]) for row in train + test))
     write(TRAIN, train)
     write(TEST, test)
-    print(f"wrote {len(train)} rows to {TRAIN.name} and {len(test)} to {TEST.name}")
+    write(TRAFFIC, replayed)
+    print(
+        f"wrote {len(train)} rows to {TRAIN.name}, {len(test)} to {TEST.name} and "
+        f"{len(replayed)} to {TRAFFIC.name}"
+    )
 
 
 if __name__ == "__main__":
