@@ -86,6 +86,8 @@ def test_numbers_get_bounded_digits() -> None:
         "minimum": 0,
         "maximum": 10**12,
     }
+    assert prepare({"type": ["null", "number"]})["maximum"] == 10**12
+    assert prepare({"type": ["null", "string"]})["maxLength"] == 200
     narrow: JsonSchema = {"type": "number", "minimum": 0.001, "maximum": 0.005}
     assert prepare(narrow) == narrow  # no multiple of 0.01 in range: decimals left free
 
@@ -118,6 +120,19 @@ def test_objects_close_only_where_nothing_else_adds_properties() -> None:
         "oneOf": [{"properties": {"a": {"const": 1}}, "required": ["a"]}],
     }
     assert "additionalProperties" not in prepare(branches)
+    mixed: JsonSchema = {
+        "type": "object",
+        "properties": {
+            "both": {"$ref": "#/$defs/base", "properties": {"x": {"type": "integer"}}},
+            "plain": {"type": "object", "properties": {"y": {"type": "integer"}}},
+        },
+        "$defs": {"base": {"type": "object", "properties": {"z": {"type": "integer"}}}},
+    }
+    out = prepare(mixed)
+    assert "additionalProperties" not in out["properties"]["both"]  # held open, with its $ref
+    assert "additionalProperties" not in out["$defs"]["base"]
+    assert out["properties"]["plain"]["additionalProperties"] is False
+    assert out["additionalProperties"] is False
 
 
 def _flags(n: int, *, nested: JsonSchema | None = None) -> JsonSchema:
@@ -205,6 +220,21 @@ def test_the_brief_form_offers_required_properties_one_item_and_short_strings() 
         },
     }
     assert "note" in prepare(schema)["properties"]
+
+
+def test_untyped_objects_and_arrays_get_their_type() -> None:
+    """Without ``type`` a number is valid too, and the model may write digits without end."""
+    schema: JsonSchema = {
+        "properties": {
+            "list": {"items": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "either": {"properties": {"a": {"const": 1}}, "anyOf": [{"required": ["a"]}]},
+        },
+        "required": ["list", "either"],
+    }
+    out = prepare(schema)
+    assert out["type"] == "object"
+    assert out["properties"]["list"]["type"] == "array"
+    assert "type" not in out["properties"]["either"]  # its branches may say otherwise
 
 
 def test_prepared_sample_schemas_are_narrower() -> None:

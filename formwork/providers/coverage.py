@@ -37,6 +37,8 @@ MAX_OPTIONAL_DEPTH = 2  # objects nested deeper are offered their required prope
 # one array item where none is required, free strings this long.
 BRIEF_LENGTH = 40
 TEXT_SHAPED = ("format", "enum", "const", "maxLength")  # strings with a length of their own
+# Keywords next to which an untyped object or array schema is left untyped.
+UNTYPED_ALIKE = SHAPED_ELSEWHERE | {"allOf", "enum", "const", "if"}
 # Keywords that let other subschemas add properties to an object: where any appears, no object
 # of the schema is closed.
 OPEN_WORLD = frozenset({"allOf", "unevaluatedProperties", "dependentSchemas", "if", "$dynamicRef"})
@@ -73,9 +75,10 @@ def prepare(schema: JsonSchema, *, brief: bool = False) -> JsonSchema:
     """The narrower schema the grammar is compiled from (a copy); ``brief``: the narrowest,
     for a re-ask after an answer that did not fit its ``max_tokens``."""
     caps = BRIEF if brief else Caps()
-    closable = not _uses(schema, OPEN_WORLD) and not _combines(schema)
+    closable = not _uses(schema, OPEN_WORLD)
     offers = _offers(schema, caps) if closable else {}
-    out = _node(schema, _Plan(schema, caps, offers, closable=closable))
+    held = _combined(schema) if closable else set()
+    out = _node(schema, _Plan(schema, caps, offers, held, closable=closable))
     assert isinstance(out, dict)
     return out
 
@@ -85,6 +88,7 @@ class _Plan:
     root: JsonSchema
     caps: Caps
     offers: dict[int, int]  # optional properties offered per object, by the object's id()
+    held: set[int]  # objects left open (by id()): their properties meet another subschema's
     closable: bool
 
 
@@ -134,16 +138,32 @@ def _uses(node: Any, keywords: frozenset[str]) -> bool:
     return False
 
 
-def _combines(node: Any) -> bool:
-    """Whether some object's properties meet another subschema's (``$ref``, ``anyOf``, ``oneOf``
-    next to ``properties`` or ``required``), which closing either could contradict."""
-    if isinstance(node, list):
-        return any(_combines(v) for v in node)
-    if not isinstance(node, dict):
-        return False
-    if {"$ref", "anyOf", "oneOf"} & node.keys() and {"properties", "required"} & node.keys():
-        return True
-    return any(_combines(v) for v in node.values())
+def _combined(root: JsonSchema) -> set[int]:
+    """The objects whose properties meet another subschema's, which closing either could
+    contradict: one with ``$ref``, ``anyOf`` or ``oneOf`` next to ``properties`` or
+    ``required``, and every subschema that applies to the same instance through those."""
+    held: set[int] = set()
+
+    def hold(node: Any) -> None:
+        if not isinstance(node, dict) or id(node) in held:
+            return
+        held.add(id(node))
+        for key in ("anyOf", "oneOf", "allOf"):
+            for branch in node.get(key) if isinstance(node.get(key), list) else []:
+                hold(branch)
+        if isinstance(node.get("$ref"), str):
+            hold(referenced(root, node["$ref"]))
+
+    todo: list[Any] = [root]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo += node
+        elif isinstance(node, dict):
+            if {"$ref", "anyOf", "oneOf"} & node.keys() and {"properties", "required"} & node.keys():
+                hold(node)
+            todo += node.values()
+    return held
 
 
 def _node(schema: Any, plan: _Plan) -> Any:
@@ -162,7 +182,8 @@ def _node(schema: Any, plan: _Plan) -> Any:
         else:
             out[key] = value
     _objects(out)
-    if plan.closable:
+    if plan.closable and id(schema) not in plan.held:
+        _typed(out)
         _close(out, plan.offers.get(id(schema), 0))
     _arrays(out, plan.caps.items, plan.root)
     _strings(out, plan.caps.length)
@@ -213,6 +234,16 @@ def _at_most(node: dict[str, Any], props: dict[str, Any]) -> None:
     kept = [*required, *(name for name in props if name not in required)][:most]
     node["properties"] = {name: props[name] for name in props if name in kept}
     node.pop("maxProperties")
+
+
+def _typed(node: dict[str, Any]) -> None:
+    """Give an untyped object or array schema its type: without one, any number, string or
+    boolean is valid too, and a small model may write digits until max_tokens."""
+    if "type" in node or node.keys() & UNTYPED_ALIKE:
+        return
+    kinds = types_of(node)
+    if len(kinds) == 1:
+        node["type"] = kinds[0]
 
 
 def _close(node: dict[str, Any], optional: int) -> None:
@@ -272,8 +303,14 @@ def _arrays(node: dict[str, Any], items: int, root: JsonSchema) -> None:
         node["maxItems"] = cap
 
 
+def _kinds(node: dict[str, Any]) -> list[str]:
+    """The types ``type`` names (``["null", "string"]`` included)."""
+    kind = node.get("type")
+    return [kind] if isinstance(kind, str) else [k for k in kind or [] if isinstance(k, str)]
+
+
 def _strings(node: dict[str, Any], length: int) -> None:
-    if node.get("type") != "string" or any(key in node for key in TEXT_SHAPED):
+    if "string" not in _kinds(node) or any(key in node for key in TEXT_SHAPED):
         return
     least = node.get("minLength", 0)
     if isinstance(least, int) and least <= length:
@@ -283,8 +320,8 @@ def _strings(node: dict[str, Any], length: int) -> None:
 def _numbers(node: dict[str, Any]) -> None:
     """Bound a number's digits (a small model can extend ``1.250000…`` until max_tokens): a
     magnitude below ``NUMBER_BOUND`` and, for a number with a range of at least 1, two decimals."""
-    kind = node.get("type")
-    if kind not in ("number", "integer") or "enum" in node or "const" in node:
+    kinds = _kinds(node)
+    if not {"number", "integer"} & set(kinds) or "enum" in node or "const" in node:
         return
     low = _bound(node, "minimum", "exclusiveMinimum")
     high = _bound(node, "maximum", "exclusiveMaximum")
@@ -293,7 +330,7 @@ def _numbers(node: dict[str, Any]) -> None:
     if high is None and low is not None and low < NUMBER_BOUND:
         node["maximum"] = high = NUMBER_BOUND
     wide = low is not None and high is not None and high - low >= 1
-    if kind == "number" and "multipleOf" not in node and wide:
+    if "number" in kinds and "multipleOf" not in node and wide:
         node["multipleOf"] = 0.01
 
 
