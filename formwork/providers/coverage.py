@@ -5,9 +5,14 @@ Every rewrite narrows: an instance of the prepared schema satisfies each rewritt
 the original (``minProperties`` by requiring enough properties, ``dependentRequired`` by
 requiring the dependents, ``uniqueItems`` by a single item, long arrays and free strings capped,
 objects closed to their listed properties and a few optional ones where nothing else in the
-schema can add properties),
+schema can add properties, untyped object and array schemas typed),
 or the keyword is left to validation (a ``pattern`` the engine's regex syntax lacks is dropped
 from the grammar only). The router still validates every answer against the original schema.
+
+A small model fills every slot the grammar offers, so the caps are what keeps an answer to a
+large schema within ``max_tokens``: optional properties are budgeted over the whole answer, and
+the brief form (``prepare(schema, brief=True)``), for a re-ask after an answer was cut off,
+offers required properties only.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ MAX_OPTIONAL_DEPTH = 2  # objects nested deeper are offered their required prope
 # one array item where none is required, free strings this long.
 BRIEF_LENGTH = 40
 TEXT_SHAPED = ("format", "enum", "const", "maxLength")  # strings with a length of their own
+BRANCHING = frozenset({"$ref", "anyOf", "oneOf"})  # next to properties: held open
 # Keywords next to which an untyped object or array schema is left untyped.
 UNTYPED_ALIKE = SHAPED_ELSEWHERE | {"allOf", "enum", "const", "if"}
 # Keywords that let other subschemas add properties to an object: where any appears, no object
@@ -115,9 +121,8 @@ def _offers(schema: JsonSchema, caps: Caps) -> dict[int, int]:
             offers[id(node)] = offered
             kept = [name for name in required if name in props] + optional[:offered]
             todo.extend((props[name], depth + 1, copies) for name in kept)
-        for key in ("anyOf", "oneOf", "allOf"):
-            if isinstance(node.get(key), list):
-                todo.extend((branch, depth, copies) for branch in node[key])
+        branches = _branches(node, "anyOf", "oneOf", "allOf")
+        todo.extend((branch, depth, copies) for branch in branches)
         ref = node.get("$ref")
         if isinstance(ref, str):
             todo.append((referenced(schema, ref), depth, copies))
@@ -148,9 +153,8 @@ def _combined(root: JsonSchema) -> set[int]:
         if not isinstance(node, dict) or id(node) in held:
             return
         held.add(id(node))
-        for key in ("anyOf", "oneOf", "allOf"):
-            for branch in node.get(key) if isinstance(node.get(key), list) else []:
-                hold(branch)
+        for branch in _branches(node, "anyOf", "oneOf", "allOf"):
+            hold(branch)
         if isinstance(node.get("$ref"), str):
             hold(referenced(root, node["$ref"]))
 
@@ -160,7 +164,7 @@ def _combined(root: JsonSchema) -> set[int]:
         if isinstance(node, list):
             todo += node
         elif isinstance(node, dict):
-            if {"$ref", "anyOf", "oneOf"} & node.keys() and {"properties", "required"} & node.keys():
+            if node.keys() & BRANCHING and node.keys() & {"properties", "required"}:
                 hold(node)
             todo += node.values()
     return held
@@ -280,10 +284,15 @@ def _object(node: Any, root: JsonSchema, seen: int = 0) -> bool:
     """Whether ``node`` may be an object (through local references and branches)."""
     if not isinstance(node, dict) or seen > 8:
         return False
-    if isinstance(node.get("$ref"), str) and _object(referenced(root, node["$ref"]), root, seen + 1):
+    if "object" in types_of(node):
         return True
-    branches = [b for key in ("anyOf", "oneOf") if isinstance(node.get(key), list) for b in node[key]]
-    return "object" in types_of(node) or any(_object(b, root, seen + 1) for b in branches)
+    if isinstance(node.get("$ref"), str):
+        return _object(referenced(root, node["$ref"]), root, seen + 1)
+    return any(_object(b, root, seen + 1) for b in _branches(node, "anyOf", "oneOf"))
+
+
+def _branches(node: dict[str, Any], *keys: str) -> list[Any]:
+    return [b for key in keys if isinstance(node.get(key), list) for b in node[key]]
 
 
 def _arrays(node: dict[str, Any], items: int, root: JsonSchema) -> None:
