@@ -110,6 +110,12 @@ def schema_key(schema: JsonSchema) -> str:
     return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=256)
+def prepared_key(key: str, *, brief: bool = False) -> str:
+    """The key of the form ``coverage.prepare`` gives the schema whose key is ``key``."""
+    return schema_key(coverage.prepare(json.loads(key), brief=brief))
+
+
 @dataclass(frozen=True, slots=True)
 class Grammar:
     source: str | None  # the llguidance grammar; None when the schema does not compile
@@ -199,9 +205,10 @@ class SchemaGrammars:
         self._vocab_size = vocab_size
         self._eos = int(tokenizer.eos_token)
 
-    def matcher(self, schema: JsonSchema) -> Any:
-        """A fresh llguidance matcher for one generation; None when the schema has no grammar."""
-        prototype = self._prototype(schema_key(schema))
+    def matcher(self, schema: JsonSchema, *, brief: bool = False) -> Any:
+        """A fresh llguidance matcher for one generation, compiled from the schema as
+        ``coverage.prepare`` narrows it; None when the schema has no grammar."""
+        prototype = self._prototype(prepared_key(schema_key(schema), brief=brief))
         return None if prototype is None else prototype.deep_copy()
 
     def compile(self, schema: JsonSchema) -> Grammar:

@@ -352,7 +352,8 @@ class LocalProvider:
             temperature=request.temperature,
             repetition_penalty=1.0 if job.adapter else self._repetition_penalty,
         )
-        matcher = None if request.schema is None else self._grammars.matcher(request.schema)
+        schema = request.schema
+        matcher = None if schema is None else self._grammars.matcher(schema, brief=request.brief)
         try:
             out = engine.generate(
                 prompt,
