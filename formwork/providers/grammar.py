@@ -205,10 +205,16 @@ class SchemaGrammars:
         self._vocab_size = vocab_size
         self._eos = int(tokenizer.eos_token)
 
-    def matcher(self, schema: JsonSchema, *, brief: bool = False) -> Any:
-        """A fresh llguidance matcher for one generation, compiled from the schema as
-        ``coverage.prepare`` narrows it; None when the schema has no grammar."""
-        prototype = self._prototype(prepared_key(schema_key(schema), brief=brief))
+    def matcher(self, schema: JsonSchema, *, adapted: bool = False, brief: bool = False) -> Any:
+        """A fresh llguidance matcher for one generation; None when the schema has no grammar.
+        Compiled from the schema as ``coverage.prepare`` narrows it (``brief``: its brief
+        form), except for a LoRA adapter (``adapted``) and not ``brief``: the adapter learnt
+        its task's answers, which the caps for the base model would cut (several unique
+        items, say), so it gets the schema as registered."""
+        key = schema_key(schema)
+        if brief or not adapted:
+            key = prepared_key(key, brief=brief)
+        prototype = self._prototype(key)
         return None if prototype is None else prototype.deep_copy()
 
     def compile(self, schema: JsonSchema) -> Grammar:

@@ -26,7 +26,7 @@ from formwork.providers.base import (
 )
 from formwork.providers.coverage import BRIEF_LENGTH, MAX_GENERATED_LENGTH
 from formwork.providers.engine import penalize
-from formwork.providers.grammar import compile_schema
+from formwork.providers.grammar import SchemaGrammars, compile_schema
 from formwork.providers.local import MODEL_ID, LocalProvider, gguf_path
 
 ADAPTER = "tiny"
@@ -437,6 +437,29 @@ async def test_the_grammar_is_compiled_from_the_prepared_schema(local: LocalProv
     assert list(short) == ["story"]  # no optional property in the brief form
     assert BRIEF_LENGTH < len(story["story"]) <= MAX_GENERATED_LENGTH
     assert len(short["story"]) <= BRIEF_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("adapted", "brief", "accepted"),
+    [(False, False, False), (True, False, True), (True, True, False)],
+)
+def test_an_adapter_gets_the_schema_as_registered_unless_brief(
+    local: LocalProvider, adapted: bool, brief: bool, accepted: bool
+) -> None:
+    """The base model's grammar offers one item of a ``uniqueItems`` array; an adapter, trained
+    on its task's answers, may give them all."""
+    schema: JsonSchema = {
+        "type": "array",
+        "items": {"enum": ["a", "b", "c"]},
+        "maxItems": 3,
+        "uniqueItems": True,
+    }
+    assert local.engine is not None
+    grammars = SchemaGrammars(cache_size=4)
+    grammars.bind_tokenizer(local.engine.tokenizer, vocab_size=local.engine.n_vocab)
+    matcher = grammars.matcher(schema, adapted=adapted, brief=brief)
+    matcher.consume_tokens(local.engine.tokenize('["a","b"]'))
+    assert matcher.is_error() is not accepted
 
 
 def test_enough_varied_schemas() -> None:
