@@ -235,6 +235,8 @@ def test_untyped_objects_and_arrays_get_their_type() -> None:
     assert out["type"] == "object"
     assert out["properties"]["list"]["type"] == "array"
     assert "type" not in out["properties"]["either"]  # its branches may say otherwise
+    excluded: JsonSchema = {"type": "object", "not": {"properties": {"a": {"type": "string"}}}}
+    assert prepare(excluded)["not"] == excluded["not"]  # narrowed, it would exclude less
 
 
 def test_prepared_sample_schemas_are_narrower() -> None:

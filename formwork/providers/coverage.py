@@ -175,7 +175,9 @@ def _node(schema: Any, plan: _Plan) -> Any:
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in ONE or key == "items":
+        if key == "not":  # narrowing what it excludes would widen the schema; never enforced
+            out[key] = value
+        elif key in ONE or key == "items":
             out[key] = _node(value, plan)
         elif key in MANY and isinstance(value, list):
             out[key] = [_node(sub, plan) for sub in value]
