@@ -44,6 +44,11 @@ SAMPLE = ROOT.parent / "shared" / "schemabench" / "sample.jsonl"
 META_2020 = Draft202012Validator(Draft202012Validator.META_SCHEMA)
 
 
+def sourced(name: str) -> str:
+    """A schema's source as the sample names it (``data/`` prefix optional); "" for a blank."""
+    return name if not name or name.startswith("data/") else f"data/{name}"
+
+
 def subset(source: str) -> str:
     return source.split("/")[1]
 
@@ -259,10 +264,16 @@ def main() -> None:
     parser.add_argument("--route", default="local/smollm2-135m")
     parser.add_argument("--no-model", action="store_true")
     parser.add_argument("--only", nargs="*", default=[], help="these sources only")
+    parser.add_argument(
+        "--names", type=Path, help="a file of sources to run, one a line (adds to --only)"
+    )
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the route's timeout_s")
     parser.add_argument("--deadline-s", type=float, default=60.0, help="request_deadline_s")
     parser.add_argument("--report-only", action="store_true", help="render --rows, run nothing")
     args = parser.parse_args()
+    if args.names:
+        args.only += [sourced(line.strip()) for line in args.names.read_text().splitlines()]
+        args.only = [name for name in args.only if name]
     existing = args.rows.read_text().splitlines() if args.rows.exists() else []
     done = {json.loads(line)["source"] for line in existing if line.strip()}
     if not args.report_only:

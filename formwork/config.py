@@ -65,7 +65,7 @@ class LocalModelSettings(BaseModel):
         Path("var/models"), description="Where the Q8_0 copy of the weights is made and kept."
     )
     context: int = Field(
-        2048, ge=512, description="Context window in tokens: prompt + answer (the KV cache)."
+        4096, ge=512, description="Context window in tokens: prompt + answer (the KV cache)."
     )
     prefix_cache_mb: int = Field(
         64, ge=0, description="Memory for prefilled static prompt prefixes (0 disables)."

@@ -346,7 +346,7 @@ class Runner:
         except ProviderError as e:
             self._record(run, _attempt(route, e.outcome, str(e), started=None), n=1)
             return None
-        n = 0
+        n, brief = 0, False
         while n < route.max_attempts:
             n += 1
             request = ChatRequest(
@@ -359,6 +359,7 @@ class Runner:
                 # a route timeout shorter than what is left ends the call; else the deadline does
                 timeout_s=max(min(route.timeout_s, run.remaining() + DEADLINE_MARGIN_S), 0.001),
                 static_messages=static,
+                brief=brief,
             )
             t0 = time.perf_counter()
             try:
@@ -394,7 +395,7 @@ class Runner:
                 run.re_asked = True
                 shown = result.text
                 if verdict.outcome == "truncated":
-                    max_tokens = budget.larger(max_tokens)
+                    max_tokens, brief = budget.larger(max_tokens), True
                     shown = prompts.cut_answer(result.text)
                 messages = prompts.reask_messages(messages, shown, verdict.errors)
         return None

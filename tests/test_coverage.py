@@ -10,7 +10,12 @@ from pathlib import Path
 
 from formwork import budget, dialects
 from formwork.protocol import JsonSchema
-from formwork.providers.coverage import pattern_supported, prepare
+from formwork.providers.coverage import (
+    BRIEF_LENGTH,
+    MAX_OPTIONAL_TOTAL,
+    pattern_supported,
+    prepare,
+)
 from formwork.providers.grammar import compile_schema, schema_key, unenforced
 from formwork.validation import Validator
 from tests.schema_instances import instance
@@ -81,6 +86,8 @@ def test_numbers_get_bounded_digits() -> None:
         "minimum": 0,
         "maximum": 10**12,
     }
+    assert prepare({"type": ["null", "number"]})["maximum"] == 10**12
+    assert prepare({"type": ["null", "string"]})["maxLength"] == 200
     narrow: JsonSchema = {"type": "number", "minimum": 0.001, "maximum": 0.005}
     assert prepare(narrow) == narrow  # no multiple of 0.01 in range: decimals left free
 
@@ -113,6 +120,123 @@ def test_objects_close_only_where_nothing_else_adds_properties() -> None:
         "oneOf": [{"properties": {"a": {"const": 1}}, "required": ["a"]}],
     }
     assert "additionalProperties" not in prepare(branches)
+    mixed: JsonSchema = {
+        "type": "object",
+        "properties": {
+            "both": {"$ref": "#/$defs/base", "properties": {"x": {"type": "integer"}}},
+            "plain": {"type": "object", "properties": {"y": {"type": "integer"}}},
+        },
+        "$defs": {"base": {"type": "object", "properties": {"z": {"type": "integer"}}}},
+    }
+    out = prepare(mixed)
+    assert "additionalProperties" not in out["properties"]["both"]  # held open, with its $ref
+    assert "additionalProperties" not in out["$defs"]["base"]
+    assert out["properties"]["plain"]["additionalProperties"] is False
+    assert out["additionalProperties"] is False
+
+
+def _flags(n: int, *, nested: JsonSchema | None = None) -> JsonSchema:
+    props: dict[str, JsonSchema] = {f"f{i}": {"type": "boolean"} for i in range(n)}
+    if nested is not None:
+        props = {"child": nested, **props}
+    return {"type": "object", "properties": props}
+
+
+def _offered(node: JsonSchema) -> int:
+    """Optional properties offered anywhere in a prepared schema (each object once)."""
+    props = node.get("properties", {})
+    own = len([name for name in props if name not in node.get("required", [])])
+    return own + sum(_offered(sub) for sub in props.values())
+
+
+def test_the_whole_answer_is_offered_a_total_of_optional_properties_shallowest_first() -> None:
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {f"o{i}": _flags(5) for i in range(5)},
+        "required": ["o0"],
+    }
+    out = prepare(schema)
+    props = out["properties"]
+    assert list(props) == ["o0", "o1", "o2", "o3", "o4"]  # the root's own: 4 of its 6
+    assert [len(props[f"o{i}"]["properties"]) for i in range(5)] == [2, 2, 2, 0, 0]
+    assert _offered(out) == MAX_OPTIONAL_TOTAL
+    assert props["o4"] == {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def test_objects_deeper_than_the_limit_offer_required_properties_only() -> None:
+    inner = _flags(3)
+    inner["required"] = ["f2"]
+    deep = _flags(1, nested=_flags(1, nested=_flags(1, nested=inner)))
+    deep["required"] = ["child"]
+    deep["properties"]["child"]["required"] = ["child"]
+    deep["properties"]["child"]["properties"]["child"]["required"] = ["child"]
+    out = prepare(deep)
+    level2 = out["properties"]["child"]["properties"]["child"]
+    assert list(level2["properties"]) == ["child", "f0"]
+    assert list(level2["properties"]["child"]["properties"]) == ["f2"]
+
+
+def test_arrays_of_objects_offer_one_item_and_count_each_item() -> None:
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {
+            "rows": {"type": "array", "items": _flags(4), "minItems": 3},
+            "one": {"type": "array", "items": {"$ref": "#/$defs/row"}},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["rows", "one", "tags"],
+        "$defs": {"row": _flags(4)},
+    }
+    props = prepare(schema)["properties"]
+    assert props["rows"]["maxItems"] == 3  # minItems respected
+    assert len(props["rows"]["items"]["properties"]) == 2  # 2 offered x 3 items
+    assert props["one"]["maxItems"] == 1
+    assert props["tags"]["maxItems"] == 3
+    row = prepare(schema)["$defs"]["row"]
+    assert list(row["properties"]) == ["f0", "f1"]  # referenced: offered where it is used
+
+
+def test_the_brief_form_offers_required_properties_one_item_and_short_strings() -> None:
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "code": {"type": "string", "minLength": 60},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "pair": {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+            "note": {"type": "string"},
+        },
+        "required": ["name", "code", "tags", "pair"],
+    }
+    assert prepare(schema, brief=True)["properties"] == {
+        "name": {"type": "string", "maxLength": BRIEF_LENGTH},
+        "code": {"type": "string", "minLength": 60},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 1},
+        "pair": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": -(10**12), "maximum": 10**12},
+            "minItems": 2,
+            "maxItems": 2,
+        },
+    }
+    assert "note" in prepare(schema)["properties"]
+
+
+def test_untyped_objects_and_arrays_get_their_type() -> None:
+    """Without ``type`` a number is valid too, and the model may write digits without end."""
+    schema: JsonSchema = {
+        "properties": {
+            "list": {"items": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "either": {"properties": {"a": {"const": 1}}, "anyOf": [{"required": ["a"]}]},
+        },
+        "required": ["list", "either"],
+    }
+    out = prepare(schema)
+    assert out["type"] == "object"
+    assert out["properties"]["list"]["type"] == "array"
+    assert "type" not in out["properties"]["either"]  # its branches may say otherwise
+    excluded: JsonSchema = {"type": "object", "not": {"properties": {"a": {"type": "string"}}}}
+    assert prepare(excluded)["not"] == excluded["not"]  # narrowed, it would exclude less
 
 
 def test_prepared_sample_schemas_are_narrower() -> None:
@@ -121,15 +245,17 @@ def test_prepared_sample_schemas_are_narrower() -> None:
     for line in SAMPLE.read_text().splitlines():
         row = json.loads(line)
         schema = dialects.translate(row["schema"]).schema
-        prepared = prepare(schema)
-        narrow, wide = Validator(prepared), Validator(schema)
-        rng = random.Random(row["source"])
-        for _ in range(10):
-            value = instance(prepared, prepared, rng)
-            if not narrow.errors(value):
-                checked += 1
-                assert wide.errors(value) == [], (row["source"], value)
-    assert checked >= 1000
+        wide = Validator(schema)
+        for brief in (False, True):
+            prepared = prepare(schema, brief=brief)
+            narrow = Validator(prepared)
+            rng = random.Random(row["source"])
+            for _ in range(10):
+                value = instance(prepared, prepared, rng)
+                if not narrow.errors(value):
+                    checked += 1
+                    assert wide.errors(value) == [], (row["source"], brief, value)
+    assert checked >= 2000
 
 
 def test_default_max_tokens_scales_with_the_schema() -> None:

@@ -25,6 +25,9 @@ class ChatRequest:
     # how many leading messages are the same for every input of the task (instructions,
     # examples): an engine may prefill them once and reuse that
     static_messages: int = 0
+    # a re-ask after an answer cut off at max_tokens: an engine that narrows the schema for
+    # its grammar offers the least it can (no optional property, one array item, short strings)
+    brief: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ class Engine:
         cache_dir: Path,
         adapters_dirs: Sequence[Path],
         threads: int,
-        context: int = 2048,
+        context: int = 4096,
         batch: int = 512,
         prefix_bytes: int = 64 << 20,
         adapters: int = 4,

@@ -110,6 +110,12 @@ def schema_key(schema: JsonSchema) -> str:
     return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=256)
+def prepared_key(key: str, *, brief: bool = False) -> str:
+    """The key of the form ``coverage.prepare`` gives the schema whose key is ``key``."""
+    return schema_key(coverage.prepare(json.loads(key), brief=brief))
+
+
 @dataclass(frozen=True, slots=True)
 class Grammar:
     source: str | None  # the llguidance grammar; None when the schema does not compile
@@ -199,9 +205,16 @@ class SchemaGrammars:
         self._vocab_size = vocab_size
         self._eos = int(tokenizer.eos_token)
 
-    def matcher(self, schema: JsonSchema) -> Any:
-        """A fresh llguidance matcher for one generation; None when the schema has no grammar."""
-        prototype = self._prototype(schema_key(schema))
+    def matcher(self, schema: JsonSchema, *, adapted: bool = False, brief: bool = False) -> Any:
+        """A fresh llguidance matcher for one generation; None when the schema has no grammar.
+        Compiled from the schema as ``coverage.prepare`` narrows it (``brief``: its brief
+        form), except for a LoRA adapter (``adapted``) and not ``brief``: the adapter learnt
+        its task's answers, which the caps for the base model would cut (several unique
+        items, say), so it gets the schema as registered."""
+        key = schema_key(schema)
+        if brief or not adapted:
+            key = prepared_key(key, brief=brief)
+        prototype = self._prototype(key)
         return None if prototype is None else prototype.deep_copy()
 
     def compile(self, schema: JsonSchema) -> Grammar:

@@ -352,7 +352,10 @@ class LocalProvider:
             temperature=request.temperature,
             repetition_penalty=1.0 if job.adapter else self._repetition_penalty,
         )
-        matcher = None if request.schema is None else self._grammars.matcher(request.schema)
+        matcher = None
+        if request.schema is not None:
+            adapted = job.adapter is not None
+            matcher = self._grammars.matcher(request.schema, adapted=adapted, brief=request.brief)
         try:
             out = engine.generate(
                 prompt,

@@ -81,7 +81,7 @@ def to_strict(schema: JsonSchema, *, fine_tuned: bool = False) -> StrictSchema:
 def resolve(root: JsonSchema, node: Any, seen: int = 0) -> Any:
     """``node`` with its ``$ref`` chain followed (local pointers only) and ``allOf`` merged."""
     while isinstance(node, dict) and isinstance(node.get("$ref"), str) and seen < 64:
-        target = _at(root, node["$ref"])
+        target = referenced(root, node["$ref"])
         if target is None:
             break
         rest = {k: v for k, v in node.items() if k != "$ref"}
@@ -95,7 +95,8 @@ def resolve(root: JsonSchema, node: Any, seen: int = 0) -> Any:
     return node
 
 
-def _at(root: JsonSchema, ref: str) -> Any:
+def referenced(root: JsonSchema, ref: str) -> Any:
+    """The subschema of ``root`` a local ``$ref`` points to; None for any other reference."""
     path = parse_pointer(ref)
     if path is None:
         return None
@@ -273,7 +274,7 @@ class _Strict:
     def ref(self, ref: str) -> dict[str, Any]:
         name = _name(ref)
         if name not in self.defs:
-            target = _at(self.source, ref)
+            target = referenced(self.source, ref)
             if target is None:
                 self.relax(f"reference {ref!r} cannot be sent")
                 return copy.deepcopy(ANY)

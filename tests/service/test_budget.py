@@ -1,11 +1,17 @@
 """Token budgets on the run path: the default ``max_tokens`` scales with the schema, and an
-answer cut off at it is re-asked with the errors and a larger budget."""
+answer cut off at it is re-asked with the errors and a larger budget (and, on the embedded
+model, a briefer grammar)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from fastapi.testclient import TestClient
 
 from formwork import budget
+from formwork.config import LocalModelSettings, Settings
+from formwork.providers.coverage import BRIEF_LENGTH
 from tests.service.helpers import GOOD, OUTPUT, SCHEMA, attempt, spec
 from tests.upstream import Reply, Upstream
 
@@ -39,3 +45,31 @@ def test_a_route_max_tokens_is_kept(
     upstream.script("primary", GOOD)
     assert client.post(f"/v1/tasks/{unique_name}/run", json={"input": "x"}).status_code == 200
     assert upstream.requests[-1]["max_tokens"] == 64
+
+
+@pytest.mark.slow
+def test_a_cut_off_answer_of_the_embedded_model_is_re_asked_for_a_brief_one(
+    settings: Settings, unique_name: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("llama_cpp")
+    from service.app import create_app
+
+    settings.local = LocalModelSettings(adapters_dir=tmp_path / "adapters")
+    settings.request_deadline_s = 120
+    schema = {
+        "type": "object",
+        "properties": {"story": {"type": "string"}, "moral": {"type": "string"}},
+        "required": ["story"],
+    }
+    route = {"model": "local/smollm2-135m", "max_tokens": 12, "timeout_s": 110}
+    definition = {"description": "Tell a very long story.", "output_schema": schema}
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+        put = client.put(f"/v1/tasks/{unique_name}", json={**definition, "routes": [route]})
+        assert put.status_code == 201, put.text
+        response = client.post(f"/v1/tasks/{unique_name}/run", json={"input": "A dragon."})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [a["outcome"] for a in body["attempts"]] == ["truncated", "valid"]
+    assert body["attempts"][0]["usage"]["completion_tokens"] == 12
+    assert list(body["output"]) == ["story"]
+    assert len(body["output"]["story"]) <= BRIEF_LENGTH

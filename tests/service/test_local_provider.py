@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,9 @@ from formwork.providers.base import (
     ProviderRateLimited,
     ProviderTimeout,
 )
+from formwork.providers.coverage import BRIEF_LENGTH, MAX_GENERATED_LENGTH
 from formwork.providers.engine import penalize
-from formwork.providers.grammar import compile_schema
+from formwork.providers.grammar import SchemaGrammars, compile_schema
 from formwork.providers.local import MODEL_ID, LocalProvider, gguf_path
 
 ADAPTER = "tiny"
@@ -415,6 +417,49 @@ async def test_constrained_output_validates(
     assert list(validator.iter_errors(json.loads(result.text))) == [], result.text
     assert "\n" not in result.text  # compact JSON
     assert result.text == result.text.strip()
+
+
+@pytest.mark.slow
+async def test_the_grammar_is_compiled_from_the_prepared_schema(local: LocalProvider) -> None:
+    """Strings capped, objects closed (``coverage.prepare``); the brief form for a re-ask after
+    a cut-off answer caps strings shorter still."""
+    schema: JsonSchema = {
+        "type": "object",
+        "properties": {"story": {"type": "string"}, "moral": {"type": "string"}},
+        "required": ["story"],
+    }
+    request = ask("Write the word dragon one hundred times.", schema=schema, max_tokens=400)
+    full = await local.complete(request)
+    brief = await local.complete(dataclasses.replace(request, brief=True))
+    assert (full.finish_reason, brief.finish_reason) == ("stop", "stop")
+    story, short = json.loads(full.text), json.loads(brief.text)
+    assert set(story) <= {"story", "moral"}
+    assert list(short) == ["story"]  # no optional property in the brief form
+    assert BRIEF_LENGTH < len(story["story"]) <= MAX_GENERATED_LENGTH
+    assert len(short["story"]) <= BRIEF_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("adapted", "brief", "accepted"),
+    [(False, False, False), (True, False, True), (True, True, False)],
+)
+def test_an_adapter_gets_the_schema_as_registered_unless_brief(
+    local: LocalProvider, adapted: bool, brief: bool, accepted: bool
+) -> None:
+    """The base model's grammar offers one item of a ``uniqueItems`` array; an adapter, trained
+    on its task's answers, may give them all."""
+    schema: JsonSchema = {
+        "type": "array",
+        "items": {"enum": ["a", "b", "c"]},
+        "maxItems": 3,
+        "uniqueItems": True,
+    }
+    assert local.engine is not None
+    grammars = SchemaGrammars(cache_size=4)
+    grammars.bind_tokenizer(local.engine.tokenizer, vocab_size=local.engine.n_vocab)
+    matcher = grammars.matcher(schema, adapted=adapted, brief=brief)
+    matcher.consume_tokens(local.engine.tokenize('["a","b"]'))
+    assert matcher.is_error() is not accepted
 
 
 def test_enough_varied_schemas() -> None:
