@@ -35,7 +35,6 @@ END_TOKEN = "<|im_end|>"
 IGNORE = -100
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINTS_KEPT = 2
-BUCKET_BATCHES = 8  # batches whose examples are sorted by length together (less padding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,21 +154,6 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     return [int(i) for i in torch.randperm(n, generator=generator)]
-
-
-def epoch_batches(
-    lengths: Sequence[int], batch_size: int, seed: int, epoch: int
-) -> list[list[int]]:
-    """The epoch's batches: the seeded order cut into windows of ``BUCKET_BATCHES`` batches,
-    each window sorted by length (less padding), and the batches in a seeded order again."""
-    order = epoch_order(len(lengths), seed, epoch)
-    window = batch_size * BUCKET_BATCHES
-    batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        part = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch + 1)
-    return [batches[int(i)] for i in torch.randperm(len(batches), generator=generator)]
 
 
 # -- checkpoints ----------------------------------------------------------------------------
@@ -307,17 +291,15 @@ def train(
         log.info("resuming %s from step %d of %d", config.task, step, total)
     loss: float | None = None
     tokens = 0
-    lengths = [len(e.input_ids) for e in examples]
-    batches: list[list[int]] | None = None
     bar = tqdm(
         total=total, initial=step, desc=f"lora {config.task}", unit="step", disable=not progress
     )
     try:
         while step < total and not should_stop():
             epoch, index = divmod(step, per_epoch)
-            if index == 0 or batches is None:
-                batches = epoch_batches(lengths, knobs.batch_size, knobs.seed, epoch)
-            batch = collate([examples[i] for i in batches[index]], pad_id)
+            order = epoch_order(len(examples), knobs.seed, epoch)
+            chosen = order[index * knobs.batch_size : (index + 1) * knobs.batch_size]
+            batch = collate([examples[i] for i in chosen], pad_id)
             loss, seen = optimize(model, batch, params, optimizer, schedule)
             step += 1
             tokens += seen

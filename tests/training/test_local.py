@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 from collections.abc import Iterator
@@ -31,8 +30,6 @@ from training.lora import (
     checkpoints,
     collate,
     encode,
-    epoch_batches,
-    epoch_order,
     load_base_model,
     load_tokenizer,
     lora_model,
@@ -142,19 +139,6 @@ def test_loss_covers_the_answer_and_its_end_token_only() -> None:
     assert batch["labels"][0].tolist() == [*short.labels, *[IGNORE] * pad]
     assert batch["attention_mask"][0].tolist() == [1] * len(short.input_ids) + [0] * pad
     assert batch["labels"][0, len(short.input_ids) - 1] == end  # the end token keeps its label
-
-
-def test_an_epochs_batches_hold_every_example_once_with_little_padding() -> None:
-    lengths = [(i * 37) % 101 + 20 for i in range(203)]
-    batches = epoch_batches(lengths, 8, seed=3, epoch=1)
-    assert sorted(i for batch in batches for i in batch) == list(range(203))
-    assert len(batches) == math.ceil(203 / 8)
-    assert batches == epoch_batches(lengths, 8, seed=3, epoch=1)  # a function of (seed, epoch)
-    assert batches != epoch_batches(lengths, 8, seed=3, epoch=2)
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    plain = epoch_order(203, 3, 1)
-    unsorted = [plain[i : i + 8] for i in range(0, 203, 8)]
-    assert padded < 0.9 * sum(len(b) * max(lengths[i] for i in b) for b in unsorted)
 
 
 @pytest.mark.slow
