@@ -589,6 +589,15 @@ class CompileShadow(Strict):
     share: float = Field(1.0, gt=0, le=1, description="Share of live requests sampled.")
     max_concurrency: int = Field(4, ge=1, le=256, description="Off-path calls per replica.")
     rule: PromotionRule = Field(default_factory=PromotionRule)
+    agreement_margin: float | None = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="The rule's min_field_agreement becomes the fine-tune's field agreement with "
+        "the current route on the held-out rows minus this: where the current route is wrong "
+        "and the fine-tune right they disagree, so live agreement is judged against what the "
+        "held-out rows showed. None: the rule's own min_field_agreement.",
+    )
     wait_s: float = Field(
         3600.0,
         gt=0,

@@ -234,8 +234,9 @@ def request_of(args: argparse.Namespace) -> CompileRequest:
             share=args.share,
             rule=PromotionRule(
                 min_comparisons=args.min_comparisons,
-                min_field_agreement=args.min_field_agreement,
+                min_field_agreement=args.min_field_agreement or 0.0,
             ),
+            agreement_margin=args.agreement_margin if args.min_field_agreement is None else None,
             wait_s=args.live_wait,
         ),
     )
@@ -335,7 +336,13 @@ def add_compile_action(actions: Subparsers) -> None:
         "--min-comparisons", type=int, default=200, help="live comparisons the rule needs"
     )
     parser.add_argument(
-        "--min-field-agreement", type=float, default=0.9, help="with the current route's answers"
+        "--min-field-agreement",
+        type=float,
+        help="with the current route's answers (default: the held-out rows' agreement, less "
+        "--agreement-margin)",
+    )
+    parser.add_argument(
+        "--agreement-margin", type=float, default=0.1, help="below the held-out agreement"
     )
     parser.add_argument(
         "--live-wait", type=float, default=3600.0, help="seconds to wait for the rule"

@@ -33,7 +33,8 @@ from pathlib import Path
 from pydantic import JsonValue
 
 from formwork import keys
-from formwork.candidates import Candidates
+from formwork.agreement import field_scores
+from formwork.candidates import FIELDS_SCORED, Candidates
 from formwork.digests import digest
 from formwork.errors import FormworkError, InvalidInput
 from formwork.metrics import Metrics
@@ -45,6 +46,7 @@ from formwork.protocol import (
     CompileShadow,
     CompileStep,
     Hyperparameters,
+    PromotionRule,
     RolloutDecision,
     Route,
     RouteScore,
@@ -125,6 +127,32 @@ def score(report: RouteReport) -> RouteScore:
         prompt_tokens=report.prompt_tokens,
         latency_ms_p50=report.latency_ms_p50,
     )
+
+
+def held_out_agreement(comparison: Comparison) -> float | None:
+    """The fine-tune's field agreement with the current route on the held-out rows, counted as
+    live comparisons count it (``formwork.candidates``): over the rows the current route
+    answered validly, the share of its top-level field values the fine-tune gave too."""
+    seen = agreed = 0
+    cases = zip(comparison.candidate.results, comparison.current.results, strict=True)
+    for candidate, current in cases:
+        if not current.valid:
+            continue
+        scores = field_scores(current.output, candidate.output, valid=candidate.valid)
+        for name in sorted(scores)[:FIELDS_SCORED]:
+            seen += 1
+            agreed += int(scores[name])
+    return agreed / seen if seen else None
+
+
+def live_rule(comparison: Comparison, options: CompileShadow) -> PromotionRule:
+    """The shadow's rule: the given one, its field agreement bound derived from the held-out
+    rows unless ``agreement_margin`` is None."""
+    held = held_out_agreement(comparison)
+    if options.agreement_margin is None or held is None:
+        return options.rule
+    bound = round(max(0.0, held - options.agreement_margin), 4)
+    return options.rule.model_copy(update={"min_field_agreement": bound})
 
 
 def given_rows(request: CompileRequest) -> list[Row] | None:
@@ -495,7 +523,8 @@ class Compiler:
         if not better and not c.request.force:
             return Skip(f"not put on live traffic: the held-out evaluation is {reason}")
         if job.shadow_version is None:
-            job.shadow_version = await self._put_candidate(c, comparison.candidate.route, options)
+            rule = live_rule(comparison, options)
+            job.shadow_version = await self._put_candidate(c, comparison.candidate.route, rule)
             await self._changed(c, save=True)
         deadline = time.monotonic() + options.wait_s
         while True:
@@ -519,16 +548,18 @@ class Compiler:
                 raise _Cancelled
             await asyncio.sleep(self.poll_s)
 
-    async def _put_candidate(self, c: Compilation, route: Route, options: CompileShadow) -> int:
+    async def _put_candidate(self, c: Compilation, route: Route, rule: PromotionRule) -> int:
         """Register the evaluated version again with the fine-tune as its candidate."""
         job = c.job
+        options = c.request.shadow
+        assert options is not None
         task = await self.registry.get(job.task)
         candidate = Candidate(
             route=route,
             mode=options.mode,
             share=options.share,
             max_concurrency=options.max_concurrency,
-            rule=options.rule,
+            rule=rule,
         )
         spec = spec_of(task).model_copy(update={"candidate": candidate})
         now = time.time()
@@ -542,9 +573,11 @@ class Compiler:
                 from_version=task.version,
                 version=version,
                 reason=f"compile {job.id} put its fine-tune on live traffic ({options.mode}, "
-                f"{options.share:.0%} of requests) after the held-out evaluation",
+                f"{options.share:.0%} of requests) after the held-out evaluation; the rule "
+                f"wants {rule.min_comparisons} comparisons and field agreement "
+                f"{rule.min_field_agreement:.1%}",
                 routes=task.routes,
-                rule=options.rule,
+                rule=rule,
             )
             return Journal(
                 keys.decisions(job.task),

@@ -251,7 +251,7 @@ def optimize(
 ) -> tuple[float, int]:
     """One optimizer step on one batch: its loss and the tokens it held."""
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    loss = answer_loss(model, batch)
+    loss: Any = answer_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()

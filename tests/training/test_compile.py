@@ -337,6 +337,8 @@ def test_the_shadow_step_waits_for_live_traffic_and_the_rule_promotes(
     )
     task = client.get(f"/v1/tasks/{unique_name}").json()
     assert (task["version"], task["candidate"]["route"]["model"]) == (2, model)
+    # the held-out rows agreed on every field: the live bound is that, less the 0.1 margin
+    assert task["candidate"]["rule"]["min_field_agreement"] == 0.9
     assert [r["model"] for r in task["routes"]] == ["up/primary"]  # not promoted yet
     time.sleep(0.2)
     assert client.get(url).json()["status"] == "running"  # no traffic: it waits
