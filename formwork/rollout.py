@@ -69,6 +69,21 @@ def _watched(task: TaskVersion, raw: dict[str, str]) -> WatchFigures:
     )
 
 
+def journal(decision: RolloutDecision) -> Callable[[int], Journal]:
+    """The task's decision list entry for ``decision``, given the version it made."""
+
+    def entry(version: int) -> Journal:
+        made = decision.model_copy(update={"version": version})
+        return Journal(
+            keys.decisions(decision.task),
+            made.model_dump_json(),
+            keys.DECISIONS_KEPT,
+            keys.DECISIONS_TTL_S,
+        )
+
+    return entry
+
+
 class Rollout:
     def __init__(self, store: Store, registry: Registry, *, default_route: Route) -> None:
         self._store = store
@@ -112,7 +127,7 @@ class Rollout:
             watch=watch,
         )
         return await self._registry.put_if(
-            task.name, spec, current=task.version, watch=watch, journal=self._journal(decision)
+            task.name, spec, current=task.version, watch=watch, journal=journal(decision)
         )
 
     async def ready(self, task: TaskVersion, figures: CandidateFigures) -> None:
@@ -182,20 +197,8 @@ class Rollout:
             watched=watched,
         )
         return await self._registry.put_if(
-            task.name, spec, current=task.version, journal=self._journal(decision)
+            task.name, spec, current=task.version, journal=journal(decision)
         )
-
-    def _journal(self, decision: RolloutDecision) -> Callable[[int], Journal]:
-        def entry(version: int) -> Journal:
-            made = decision.model_copy(update={"version": version})
-            return Journal(
-                keys.decisions(decision.task),
-                made.model_dump_json(),
-                keys.DECISIONS_KEPT,
-                keys.DECISIONS_TTL_S,
-            )
-
-        return entry
 
     async def _push(self, decision: RolloutDecision) -> None:
         key = keys.decisions(decision.task)

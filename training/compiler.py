@@ -52,8 +52,8 @@ from formwork.protocol import (
     RouteScore,
     TaskVersion,
 )
-from formwork.registry import Journal, Registry
-from formwork.rollout import spec_of
+from formwork.registry import Registry
+from formwork.rollout import journal, spec_of
 
 from .adapters import local_epochs
 from .compiles import CompileBusy, CompileStore, new_owner
@@ -562,34 +562,24 @@ class Compiler:
             rule=rule,
         )
         spec = spec_of(task).model_copy(update={"candidate": candidate})
-        now = time.time()
-
-        def journal(version: int) -> Journal:
-            made = RolloutDecision(
-                at=now,
-                task=job.task,
-                action="candidate",
-                model=route.model,
-                from_version=task.version,
-                version=version,
-                reason=f"compile {job.id} put its fine-tune on live traffic ({options.mode}, "
-                f"{options.share:.0%} of requests) after the held-out evaluation; the rule "
-                f"wants {rule.min_comparisons} comparisons and field agreement "
-                f"{rule.min_field_agreement:.1%}",
-                routes=task.routes,
-                rule=rule,
-            )
-            return Journal(
-                keys.decisions(job.task),
-                made.model_dump_json(),
-                keys.DECISIONS_KEPT,
-                keys.DECISIONS_TTL_S,
-            )
-
+        made = RolloutDecision(
+            at=time.time(),
+            task=job.task,
+            action="candidate",
+            model=route.model,
+            from_version=task.version,
+            version=None,
+            reason=f"compile {job.id} put its fine-tune on live traffic ({options.mode}, "
+            f"{options.share:.0%} of requests) after the held-out evaluation; the rule "
+            f"wants {rule.min_comparisons} comparisons and field agreement "
+            f"{rule.min_field_agreement:.1%}",
+            routes=task.routes,
+            rule=rule,
+        )
         version = None
         if task.version == job.base_version:
             version = await self.registry.put_if(
-                job.task, spec, current=task.version, journal=journal
+                job.task, spec, current=task.version, journal=journal(made)
             )
         if version is None:
             raise TaskMoved(
