@@ -1,7 +1,7 @@
 """Benchmark of the embedded model (the ``local`` provider): the llama.cpp engine it serves with
 against the transformers fp32 engine it replaced, measured in the same run on the same prompts.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/local_model.py --out bench/local_model.md
+    .venv/bin/python bench/local_model.py --out bench/local_model.md
 
 Each engine runs in its own fresh process (so that start-up time and RSS are its own): process
 start to ready, RSS, decode ms/token free and constrained (prefill subtracted, measured per
@@ -271,7 +271,7 @@ def report(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {machine()} (shared: read the ratios)",
-        f"- command: `OMP_WAIT_POLICY=PASSIVE {command}`",
+        f"- command: `{command}`",
         f"- cases: {len(new['prefill_s'])} instructed prompts ({args.per_task} per task file in "
         f"`schemas/`, {min(new['prompt_tokens'])}-{max(new['prompt_tokens'])} tokens), greedy, "
         f"max {args.max_tokens} tokens, completion repetition penalty "
@@ -330,7 +330,6 @@ def main() -> None:
     parser.add_argument("--worker", choices=["transformers", "llama.cpp"], help=argparse.SUPPRESS)
     parser.add_argument("--adapters", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.worker:
         work = worker_transformers if args.worker == "transformers" else worker_llama
         print(json.dumps(work(args)))

@@ -22,7 +22,7 @@ completion tokens per request, latency, and the format tax (attempts beyond a us
 attempt: their tokens and time, as the service counts it). The compile's steps come from its
 record (wall time per step), its held-out and live figures likewise.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/loop.py --out bench/loop.md
+    .venv/bin/python bench/loop.py --out bench/loop.md
 """
 
 from __future__ import annotations
@@ -187,7 +187,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "FORMWORK_TRAINING__DATA_DIR": str(work / "datasets"),
         "FORMWORK_TRAINING__POLL_INTERVAL_S": "2",
         "FORMWORK_LOG_LEVEL": "WARNING",
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
     (work / "schemas").mkdir()
     traffic = rows(DATA / f"{TASK}.traffic.jsonl")
@@ -253,7 +252,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> str:
     lines = [
         "# The whole loop: contact-extraction from its base route to a promoted adapter",
         "",
-        f"`OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/loop.py --paired {args.paired} "
+        f"`.venv/bin/python bench/loop.py --paired {args.paired} "
         f"--min-comparisons {args.min_comparisons} --out bench/loop.md` — {when}, "
         f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores "
         f"(load average at the end {load[0]:.1f}).",

@@ -11,7 +11,7 @@ three routes:
 - the base model with the ``instructed`` prompt and constrained decoding (the task file's
   fallback route; what every task ran on before the adapters shipped).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/shipped.py --out var/shipped.json
+    .venv/bin/python bench/shipped.py --out var/shipped.json
 
 It prints a markdown table per task (for ``bench/finetune.md``) and writes every case to
 ``--out``.
@@ -47,6 +47,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="only the first N held-out rows")
     parser.add_argument("--adapters", type=Path, default=ROOT / "schemas" / "adapters")
     parser.add_argument("--skip-base", action="store_true", help="leave out the base route")
+    parser.add_argument("--kv-cache", choices=["f16", "q8_0"], default="f16")
     parser.add_argument(
         "--only-first", action="store_true", help="only the adapter, constrained (the first route)"
     )
@@ -79,7 +80,9 @@ def rows_table(reports: list[tuple[str, RouteReport]]) -> str:
 
 async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(
-        local=LocalModelSettings(enabled=True, shipped_adapters_dir=args.adapters),
+        local=LocalModelSettings(
+            enabled=True, shipped_adapters_dir=args.adapters, kv_cache=args.kv_cache
+        ),
         providers={},
         request_deadline_s=600,
     )
