@@ -67,6 +67,10 @@ class LocalModelSettings(BaseModel):
     context: int = Field(
         4096, ge=512, description="Context window in tokens: prompt + answer (the KV cache)."
     )
+    kv_cache: Literal["f16", "q8_0"] = Field(
+        "f16",
+        description="Precision of the KV cache (and of cached prefixes): q8_0 halves their memory.",
+    )
     prefix_cache_mb: int = Field(
         64, ge=0, description="Memory for prefilled static prompt prefixes (0 disables)."
     )

@@ -29,6 +29,7 @@ from .weights import Q8_0, quantized
 log = logging.getLogger(__name__)
 
 PIECE_BYTES = 256
+KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type
 Logits = npt.NDArray[np.float32]
 
 
@@ -88,6 +89,7 @@ class Engine:
         prefix_bytes: int = 64 << 20,
         adapters: int = 4,
         ftype: int = Q8_0,
+        kv_cache: str = "f16",
     ) -> None:
         self._source = model_path
         self._ftype = ftype
@@ -95,6 +97,7 @@ class Engine:
         self._threads = threads or max(1, os.cpu_count() or 1)
         self._n_ctx = context
         self._n_batch = batch
+        self._kv_type = KV_TYPES[kv_cache]
         self._model: Any = None
         self._ctx: Any = None
         self._vocab: Any = None
@@ -112,6 +115,11 @@ class Engine:
     # ---- life cycle -----------------------------------------------------------------------
 
     def load(self) -> None:
+        if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+            log.warning(
+                "OMP_WAIT_POLICY=PASSIVE makes llama.cpp's OpenMP threads sleep between the "
+                "steps of every token: the embedded model decodes 3-4x slower (bench/README.md)"
+            )
         import llama_cpp
         import llguidance.llamacpp
 
@@ -127,6 +135,9 @@ class Engine:
         ctx.n_batch = ctx.n_ubatch = self._n_batch
         ctx.n_seq_max = 1
         ctx.n_threads = ctx.n_threads_batch = self._threads
+        ctx.type_k = ctx.type_v = self._kv_type
+        if self._kv_type != KV_TYPES["f16"]:
+            ctx.flash_attn_type = 1  # llama.cpp quantizes V only with flash attention
         ctx.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx)
         if not self._ctx:

@@ -310,6 +310,7 @@ class LocalProvider:
                 adapters_dirs=settings.adapter_roots,
                 threads=settings.threads,
                 context=settings.context,
+                kv_cache=settings.kv_cache,
                 prefix_bytes=settings.prefix_cache_mb << 20,
                 adapters=settings.adapters_loaded,
             )

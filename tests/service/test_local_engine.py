@@ -4,6 +4,8 @@ GGUF (converted from PEFT as training does), and loading in the background."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("llguidance")
@@ -169,3 +172,33 @@ def test_quantized_copy_is_made_once(tmp_path: Path) -> None:
     assert first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
     assert os.path.getsize(first) > 100 << 20
+
+
+@pytest.mark.slow
+async def test_a_q8_0_kv_cache_halves_cached_prefixes_and_still_answers(
+    local: LocalProvider, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    small = LocalProvider(LocalModelSettings(kv_cache="q8_0"))
+    with caplog.at_level(logging.WARNING, logger=engine_module.__name__):
+        small.load()  # the setting slows llama.cpp's OpenMP threads: said at load
+    try:
+        assert "OMP_WAIT_POLICY=PASSIVE" in caplog.text
+        engine, reference = small.engine, local.engine
+        assert engine is not None
+        assert reference is not None
+        request = contact(INPUTS[0])
+        cold = await small.complete(request)
+        warm = await small.complete(request)
+        assert warm.text == cold.text
+        assert engine.prefixes.hits == 1
+        Draft202012Validator(CONTACT.output_schema).validate(json.loads(cold.text))
+        await local.complete(request)
+        tokens, static = engine.prompt(request.messages, request.static_messages)
+        key = tuple(tokens[:static])
+        q8, f16 = engine.prefixes.get(key, None), reference.prefixes.get(key, None)
+        assert q8 is not None
+        assert f16 is not None
+        assert 0.45 < len(q8) / len(f16) < 0.6  # 8.5 bits a value instead of 16
+    finally:
+        await small.aclose()
