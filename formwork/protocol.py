@@ -501,6 +501,12 @@ class Hyperparameters(Model):
     learning_rate: float | None = Field(None, gt=0, le=1, description="Local: the learning rate.")
     lora_rank: int | None = Field(None, ge=1, le=256, description="Local: LoRA rank r.")
     lora_alpha: int | None = Field(None, ge=1, le=512, description="Local: LoRA alpha.")
+    lora_layers: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="Local: LoRA on the top N transformer layers only (0: all); faster steps.",
+    )
     seed: int | None = Field(None, ge=0)
 
     def given(self) -> dict[str, JsonValue]:

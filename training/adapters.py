@@ -43,6 +43,12 @@ class Knobs(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     lora_rank: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
+    lora_layers: int = Field(
+        0,
+        ge=0,
+        description="LoRA on the top N transformer layers only (0: all of them). The layers "
+        "below are frozen, so their outputs are computed once per example, not every epoch.",
+    )
     seed: int = Field(0, ge=0)
     max_length: int = Field(512, ge=16, description="Longer examples are skipped, not cut.")
     checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints.")

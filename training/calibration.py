@@ -57,7 +57,7 @@ class Calibration(BaseModel):
     machine: str
     device: str
     threads: int
-    load_s: float  # tokenizer, dequantized base model, LoRA wrap: paid once a run
+    load_s: float  # tokenizer, base model, LoRA wrap, frozen layers (lora_layers): once a run
     steps: int  # timed steps (after one warm-up)
     s_per_step: float
     examples_per_s: float
@@ -140,10 +140,12 @@ def measure(job: CalibrationJob) -> Calibration:
     import torch
 
     from .lora import (
+        bottom_states,
         collate,
         device,
         encode_file,
         epoch_order,
+        first_trained_layer,
         linear_schedule,
         load_base_model,
         load_tokenizer,
@@ -156,23 +158,36 @@ def measure(job: CalibrationJob) -> Calibration:
         torch.set_num_threads(job.threads)
     started = time.perf_counter()
     tokenizer = load_tokenizer()
+    pad = int(tokenizer.pad_token_id)
     examples, _ = encode_file(tokenizer, job.train_file, knobs.max_length)
     if not examples:
         raise FineTuneError(f"no training example fits in {knobs.max_length} tokens")
     where = device()
-    model = lora_model(load_base_model(where), knobs)
+    base = load_base_model(where)
+    first = first_trained_layer(base, knobs)
+    model = lora_model(base, knobs)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=knobs.learning_rate, weight_decay=0.0)
     schedule = linear_schedule(optimizer, 1000, 0)
     load_s = time.perf_counter() - started
     order = epoch_order(len(examples), knobs.seed, 0)
-    times, tokens = [], []
-    for i in range(max(job.steps, 2)):
-        chosen = [order[(i * knobs.batch_size + k) % len(order)] for k in range(knobs.batch_size)]
-        batch = collate([examples[j] for j in chosen], int(tokenizer.pad_token_id))
+    steps = max(job.steps, 2)
+    used = sorted({order[k % len(order)] for k in range(steps * knobs.batch_size)})
+    states: dict[int, Any] = {}
+    if first:  # as training does: the frozen layers once per example, timed and scaled up
         t0 = time.perf_counter()
-        optimize(model, batch, params, optimizer, schedule)
+        computed = bottom_states(model, [examples[j] for j in used], pad, first, knobs.batch_size)
+        states = dict(zip(used, computed, strict=True))
+        load_s += (time.perf_counter() - t0) * len(examples) / len(used)
+    times, tokens = [], []
+    for i in range(steps):
+        chosen = [order[(i * knobs.batch_size + k) % len(order)] for k in range(knobs.batch_size)]
+        batch = collate(
+            [examples[j] for j in chosen], pad, [states[j] for j in chosen] if states else None
+        )
+        t0 = time.perf_counter()
+        optimize(model, batch, params, optimizer, schedule, first)
         times.append(time.perf_counter() - t0)
         tokens.append(int(batch["input_ids"].numel()))
     s_per_step = statistics.mean(times[1:])

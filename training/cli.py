@@ -245,6 +245,7 @@ async def local_estimate(
                 ("batch_size", args.batch_size),
                 ("lora_rank", args.lora_rank),
                 ("lora_alpha", args.lora_alpha),
+                ("lora_layers", args.lora_layers),
             )
             if value is not None
         },
@@ -378,6 +379,11 @@ def add_data_actions(actions: Subparsers) -> None:
     estimate.add_argument("--lora-rank", type=int, help="local")
     estimate.add_argument("--lora-alpha", type=int, help="local")
     estimate.add_argument(
+        "--lora-layers",
+        type=int,
+        help="local: LoRA on the top N layers only (0: all; faster steps, see bench/finetune.md)",
+    )
+    estimate.add_argument(
         "--calibrate",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -411,6 +417,7 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
             learning_rate=args.learning_rate,
             lora_rank=args.lora_rank,
             lora_alpha=args.lora_alpha,
+            lora_layers=args.lora_layers,
         ),
         validation_fraction=args.validation_fraction,
         seed=args.seed,
@@ -479,6 +486,11 @@ def add_job_actions(actions: Subparsers) -> None:
     start.add_argument("--learning-rate", type=float, help="local")
     start.add_argument("--lora-rank", type=int, help="local")
     start.add_argument("--lora-alpha", type=int, help="local")
+    start.add_argument(
+        "--lora-layers",
+        type=int,
+        help="local: LoRA on the top N layers only (0: all; faster steps, see bench/finetune.md)",
+    )
     start.add_argument("--wait", action="store_true", help="follow the job until it ends")
     start.add_argument(
         "--interval", type=float, help="poll interval, seconds (default: training.poll_interval_s)"

@@ -212,6 +212,7 @@ def request_of(args: argparse.Namespace) -> CompileRequest:
             learning_rate=args.learning_rate,
             lora_rank=args.lora_rank,
             lora_alpha=args.lora_alpha,
+            lora_layers=args.lora_layers,
         ),
         validation_fraction=args.validation_fraction,
         seed=args.seed,
@@ -305,6 +306,11 @@ def add_compile_action(actions: Subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, help="local")
     parser.add_argument("--lora-rank", type=int, help="local")
     parser.add_argument("--lora-alpha", type=int, help="local")
+    parser.add_argument(
+        "--lora-layers",
+        type=int,
+        help="local: LoRA on the top N layers only (0: all; faster steps, see bench/finetune.md)",
+    )
     parser.add_argument("--prompt", choices=["finetuned", "instructed"], default="finetuned")
     parser.add_argument(
         "--constrained",

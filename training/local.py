@@ -47,7 +47,15 @@ class LocalFineTuner:
 
     name = "local"
     hyperparameters = frozenset(
-        {"n_epochs", "batch_size", "learning_rate", "lora_rank", "lora_alpha", "seed"}
+        {
+            "n_epochs",
+            "batch_size",
+            "learning_rate",
+            "lora_rank",
+            "lora_alpha",
+            "lora_layers",
+            "seed",
+        }
     )
 
     def __init__(

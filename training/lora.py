@@ -5,6 +5,10 @@ adapter, the optimizer and the schedule, so a run stopped at any step and resume
 uninterrupted one would. The loss covers the answer and its ``<|im_end|>`` only, by position: not
 the prompt, not the padding (whose id is ``<|im_end|>`` too, so masking by id would hide the end
 token and the model would never learn to stop).
+
+With ``lora_layers`` set, only the top layers carry LoRA: the frozen layers below give the same
+output for an example at every epoch, so it is computed once (``bottom_states``) and each step
+runs the top layers alone, forward and backward.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +40,7 @@ END_TOKEN = "<|im_end|>"
 IGNORE = -100
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINTS_KEPT = 2
+FROZEN_STATES_BYTES = 2 << 30  # above this, the frozen layers run at every step instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +141,11 @@ def encode_file(tokenizer: Any, path: Path, max_length: int) -> tuple[list[Encod
     return kept, len(encoded) - len(kept)
 
 
-def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; padding is masked out of attention and loss by position."""
+def collate(
+    examples: Sequence[Encoded], pad_id: int, states: Sequence[torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch; padding is masked out of attention and loss by position. With
+    ``states`` (the frozen layers' output for each example), those stand for the input ids."""
     width = max(len(e.input_ids) for e in examples)
     ids, mask, labels = [], [], []
     for e in examples:
@@ -144,11 +153,17 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]
         ids.append([*e.input_ids, *[pad_id] * pad])
         mask.append([1] * len(e.input_ids) + [0] * pad)
         labels.append([*e.labels, *[IGNORE] * pad])
-    return {
+    batch = {
         "input_ids": torch.tensor(ids),
         "attention_mask": torch.tensor(mask),
         "labels": torch.tensor(labels),
     }
+    if states is not None:
+        hidden = torch.zeros(len(states), width, states[0].shape[-1], dtype=states[0].dtype)
+        for i, state in enumerate(states):
+            hidden[i, : len(state)] = state
+        batch["hidden"] = hidden
+    return batch
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -192,18 +207,72 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, schedule: Any) -> in
 # -- training -------------------------------------------------------------------------------
 
 
+def first_trained_layer(base: Any, knobs: Knobs) -> int:
+    """The lowest layer that carries LoRA (0 when every layer does)."""
+    layers = int(base.config.num_hidden_layers)
+    return layers - knobs.lora_layers if 0 < knobs.lora_layers < layers else 0
+
+
 def lora_model(base: Any, knobs: Knobs) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    first = first_trained_layer(base, knobs)
     config = LoraConfig(
         r=knobs.lora_rank,
         lora_alpha=knobs.lora_alpha,
         lora_dropout=0.0,
         target_modules=list(TARGET_MODULES),
+        layers_to_transform=list(range(first, base.config.num_hidden_layers)) if first else None,
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(knobs.seed)
     return get_peft_model(base, config)
+
+
+@contextmanager
+def decoder_layers(decoder: Any, start: int, stop: int | None, *, norm: bool) -> Iterator[None]:
+    """The decoder runs ``layers[start:stop]`` only, and its final norm only if ``norm``. The
+    positions, the causal mask and the rotary embeddings come from the input as before, so the
+    slices run in turn compute what the whole decoder does."""
+    layers, final_norm = decoder.layers, decoder.norm
+    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not norm:
+        decoder.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, final_norm
+
+
+@torch.no_grad()
+def bottom_states(
+    model: Any, examples: Sequence[Encoded], pad_id: int, first: int, batch_size: int
+) -> list[torch.Tensor]:
+    """Each example's hidden states after the frozen layers ``0..first-1`` (its own length,
+    no padding). Computed in batches of similar length: a row's states do not depend on the
+    rows beside it (right padding, causal attention)."""
+    decoder = model.get_base_model().model
+    states: list[torch.Tensor | None] = [None] * len(examples)
+    by_length = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    was_training = model.training
+    model.eval()
+    with decoder_layers(decoder, 0, first, norm=False):
+        for start in range(0, len(by_length), batch_size):
+            chosen = by_length[start : start + batch_size]
+            batch = collate([examples[i] for i in chosen], pad_id)
+            hidden = decoder(
+                input_ids=batch["input_ids"].to(model.device),
+                attention_mask=batch["attention_mask"].to(model.device),
+            ).last_hidden_state
+            for row, i in enumerate(chosen):
+                states[i] = hidden[row, : len(examples[i].input_ids)].cpu().clone()
+    model.train(was_training)
+    return [s for s in states if s is not None]
+
+
+def states_bytes(model: Any, examples: Sequence[Encoded]) -> int:
+    width = int(model.get_base_model().config.hidden_size)
+    return sum(len(e.input_ids) for e in examples) * width * 4
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> Any:
@@ -215,17 +284,24 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(model: Any, batch: dict[str, torch.Tensor], first: int = 0) -> torch.Tensor:
     """The causal LM loss over the labelled positions, the logits made for those only.
 
     The same number as the model's own loss, but the vocabulary projection (a fifth of the
     model's work at 49k tokens) and its backward run for the answer tokens alone, not for the
-    prompt and the padding too.
+    prompt and the padding too. With ``hidden`` in the batch (the output of layers below
+    ``first``), only the layers from ``first`` up run.
     """
     inner = model.get_base_model()
-    hidden = inner.model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
+    if "hidden" in batch:
+        with decoder_layers(inner.model, first, None, norm=True):
+            hidden = inner.model(
+                inputs_embeds=batch["hidden"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+    else:
+        hidden = inner.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
     labels = batch["labels"][:, 1:]
     kept = labels != IGNORE
     logits = inner.lm_head(hidden[:, :-1][kept])
@@ -247,11 +323,16 @@ def mean_loss(model: Any, examples: list[Encoded], pad_id: int, batch_size: int)
 
 
 def optimize(
-    model: Any, batch: dict[str, Any], params: list[Any], optimizer: Any, schedule: Any
+    model: Any,
+    batch: dict[str, Any],
+    params: list[Any],
+    optimizer: Any,
+    schedule: Any,
+    first: int = 0,
 ) -> tuple[float, int]:
     """One optimizer step on one batch: its loss and the tokens it held."""
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    loss: Any = answer_loss(model, batch)
+    loss: Any = answer_loss(model, batch, first)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
@@ -277,8 +358,19 @@ def train(
     examples, skipped = encode_file(tokenizer, config.train_file, knobs.max_length)
     if not examples:
         raise FineTuneError(f"no training example fits in {knobs.max_length} tokens")
-    model = lora_model(load_base_model(device()), knobs)
+    base = load_base_model(device())
+    first = first_trained_layer(base, knobs)
+    model = lora_model(base, knobs)
     model.train()
+    states = None
+    if first and states_bytes(model, examples) <= FROZEN_STATES_BYTES:
+        log.info(
+            "%s: the frozen layers 0-%d, once for %d examples",
+            config.task,
+            first - 1,
+            len(examples),
+        )
+        states = bottom_states(model, examples, pad_id, first, knobs.batch_size)
     per_epoch = math.ceil(len(examples) / knobs.batch_size)
     total = per_epoch * knobs.n_epochs
     params = [p for p in model.parameters() if p.requires_grad]
@@ -299,8 +391,12 @@ def train(
             epoch, index = divmod(step, per_epoch)
             order = epoch_order(len(examples), knobs.seed, epoch)
             chosen = order[index * knobs.batch_size : (index + 1) * knobs.batch_size]
-            batch = collate([examples[i] for i in chosen], pad_id)
-            loss, seen = optimize(model, batch, params, optimizer, schedule)
+            batch = collate(
+                [examples[i] for i in chosen],
+                pad_id,
+                None if states is None else [states[i] for i in chosen],
+            )
+            loss, seen = optimize(model, batch, params, optimizer, schedule, first)
             step += 1
             tokens += seen
             bar.update(1)

@@ -114,14 +114,16 @@ def test_the_local_estimate_prints_time_memory_and_break_even(
     ))  # fmt: skip
     argv = ["train", "estimate", TASK, "--file", str(TASK_FILE), "--jsonl", str(rows)]
     argv += ["--provider", "local", "--no-examples", "--validation-fraction", "0"]
-    assert main([*argv, "--json", "--batch-size", "4", "--lora-rank", "2"]) == 0
+    assert (
+        main([*argv, "--json", "--batch-size", "4", "--lora-rank", "2", "--lora-layers", "10"]) == 0
+    )
     estimate = json.loads(capsys.readouterr().out)["estimate"]
     local = estimate["local"]
     assert (estimate["epochs"], estimate["training_cost_usd"]) == (10, 0.0)
     assert (local["steps"], local["batch_size"], local["cached"]) == (30, 4, False)
     assert local["training_s"] > local["load_s"] + 29 * local["s_per_step"]
     assert local["peak_rss_bytes"] > 100 << 20
-    assert main([*argv, "--batch-size", "4", "--lora-rank", "2"]) == 0
+    assert main([*argv, "--batch-size", "4", "--lora-rank", "2", "--lora-layers", "10"]) == 0
     printed = capsys.readouterr().out
     assert "epochs          10 (by data size: ~800 examples seen)\n" in printed
     assert "training time   " in printed

@@ -27,6 +27,7 @@ from training.lora import (
     IGNORE,
     Step,
     answer_loss,
+    bottom_states,
     checkpoints,
     collate,
     encode,
@@ -156,6 +157,43 @@ def test_the_answer_loss_is_the_models_own_loss() -> None:
     model = lora_model(load_base_model(torch.device("cpu")), Knobs(lora_rank=2))
     with torch.no_grad():
         assert float(answer_loss(model, batch)) == pytest.approx(float(model(**batch).loss), 1e-5)
+
+
+@pytest.mark.slow
+def test_lora_on_the_top_layers_runs_them_alone_on_the_frozen_layers_output() -> None:
+    tokenizer = load_tokenizer()
+    chats = [
+        [
+            {"role": "system", "content": "Task: t. Reply with JSON only."},
+            {"role": "user", "content": "Ann " * n},
+            {"role": "assistant", "content": '{"name":"Ann"}'},
+        ]
+        for n in (1, 9, 4)
+    ]
+    examples = [encode(tokenizer, chat) for chat in chats]
+    model = lora_model(load_base_model(torch.device("cpu")), Knobs(lora_rank=2, lora_layers=6))
+
+    def layer(name: str) -> int:
+        return int(name.split(".layers.")[1].split(".")[0])
+
+    lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert {layer(n) for n in lora} == set(range(24, 30))  # SmolLM2-135M has 30 layers
+    torch.manual_seed(1)
+    with torch.no_grad():  # LoRA B starts at zero: make the adapter change the top layers
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    states = bottom_states(model, examples, tokenizer.pad_token_id, 24, batch_size=2)
+    assert [len(s) for s in states] == [len(e.input_ids) for e in examples]
+    plain = collate(examples, tokenizer.pad_token_id)
+    cached = collate(examples, tokenizer.pad_token_id, states)
+    with torch.no_grad():
+        own = float(model(**plain).loss)
+        base = lora_model(load_base_model(torch.device("cpu")), Knobs(lora_rank=2))
+        assert own != pytest.approx(float(base(**plain).loss), 1e-3)  # the adapter counts
+        assert float(answer_loss(model, cached, 24)) == pytest.approx(own, 1e-4)
+    answer_loss(model, cached, 24).backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == lora
 
 
 @pytest.mark.slow
