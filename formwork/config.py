@@ -65,7 +65,10 @@ class LocalModelSettings(BaseModel):
         Path("var/models"), description="Where the Q8_0 copy of the weights is made and kept."
     )
     context: int = Field(
-        4096, ge=512, description="Context window in tokens: prompt + answer (the KV cache)."
+        4096,
+        ge=512,
+        description="Context window in tokens: prompt + answer (the KV cache). The engine "
+        "starts at 2048 and grows to this once a request needs more.",
     )
     kv_cache: Literal["f16", "q8_0"] = Field(
         "f16",

@@ -29,6 +29,9 @@ from .weights import Q8_0, quantized
 log = logging.getLogger(__name__)
 
 PIECE_BYTES = 256
+START_CONTEXT = (
+    2048  # tokens: the context the engine starts with, grown once when a request needs more
+)
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type
 Logits = npt.NDArray[np.float32]
 
@@ -95,7 +98,8 @@ class Engine:
         self._ftype = ftype
         self._cache_dir = cache_dir
         self._threads = threads or max(1, os.cpu_count() or 1)
-        self._n_ctx = context
+        self._max_ctx = context
+        self._n_ctx = min(context, START_CONTEXT)
         self._n_batch = batch
         self._kv_type = KV_TYPES[kv_cache]
         self._model: Any = None
@@ -130,18 +134,7 @@ class Engine:
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path}")
-        ctx = llama_cpp.llama_context_default_params()
-        ctx.n_ctx = self._n_ctx
-        ctx.n_batch = ctx.n_ubatch = self._n_batch
-        ctx.n_seq_max = 1
-        ctx.n_threads = ctx.n_threads_batch = self._threads
-        ctx.type_k = ctx.type_v = self._kv_type
-        if self._kv_type != KV_TYPES["f16"]:
-            ctx.flash_attn_type = 1  # llama.cpp quantizes V only with flash attention
-        ctx.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx)
-        if not self._ctx:
-            raise EngineError("llama.cpp could not create a context")
+        self._ctx = self._new_context(self._n_ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.eos = int(llama_cpp.llama_vocab_eos(self._vocab))
@@ -151,6 +144,46 @@ class Engine:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
         self.adapters.bind(self._model)
+
+    def _new_context(self, n_ctx: int) -> Any:
+        import llama_cpp
+
+        ctx = llama_cpp.llama_context_default_params()
+        ctx.n_ctx = n_ctx
+        ctx.n_batch = ctx.n_ubatch = self._n_batch
+        ctx.n_seq_max = 1
+        ctx.n_threads = ctx.n_threads_batch = self._threads
+        ctx.type_k = ctx.type_v = self._kv_type
+        if self._kv_type != KV_TYPES["f16"]:
+            ctx.flash_attn_type = 1  # llama.cpp quantizes V only with flash attention
+        ctx.no_perf = True
+        made = llama_cpp.llama_init_from_model(self._model, ctx)
+        if not made:
+            raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens")
+        return made
+
+    @property
+    def context(self) -> int:
+        """The context's size now, in tokens (it grows up to the configured size on demand)."""
+        return self._n_ctx
+
+    def _fit(self, tokens: int) -> None:
+        """Grow the context to its configured size when ``tokens`` do not fit the one in use.
+
+        The KV cache is most of the engine's memory beyond the weights, and most prompts and
+        answers fit the starting size: the full size is paid for only once a request needs it.
+        Cached prefixes are dropped (they were made in the smaller context)."""
+        import llama_cpp
+
+        if tokens <= self._n_ctx or self._n_ctx >= self._max_ctx:
+            return
+        log.info(
+            "the embedded model's context grows from %d to %d tokens", self._n_ctx, self._max_ctx
+        )
+        bigger = self._new_context(self._max_ctx)
+        llama_cpp.llama_free(self._ctx)
+        self._ctx, self._n_ctx, self._adapter = bigger, self._max_ctx, None
+        self.prefixes.clear()
 
     def close(self) -> None:
         import llama_cpp
@@ -234,6 +267,7 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Generation:
         """Decode after ``prompt``, whose first ``static`` tokens are a cacheable prefix."""
+        self._fit(len(prompt) + sampling.max_tokens)
         if len(prompt) >= self._n_ctx:
             raise EngineError(
                 f"the prompt's {len(prompt)} tokens fill the context of {self._n_ctx} tokens"
@@ -271,6 +305,7 @@ class Engine:
 
     def next_logits(self, prompt: list[int], *, adapter: str | None = None) -> Logits:
         """The raw logits after ``prompt`` (nothing cached, nothing sampled)."""
+        self._fit(len(prompt) + 1)
         self._use_adapter(adapter)
         self._prefill(prompt, 0, adapter)
         return self._logits()

@@ -46,6 +46,10 @@ class PrefixCache:
             _, dropped = self._states.popitem(last=False)
             self.bytes -= len(dropped)
 
+    def clear(self) -> None:
+        self._states.clear()
+        self.bytes = 0
+
     def drop_adapter(self, adapter: str) -> None:
         """Forget every prefix prefilled with ``adapter`` (it changed on disk)."""
         for key in [key for key in self._states if key[1] == adapter]:

@@ -202,3 +202,26 @@ async def test_a_q8_0_kv_cache_halves_cached_prefixes_and_still_answers(
         assert 0.45 < len(q8) / len(f16) < 0.6  # 8.5 bits a value instead of 16
     finally:
         await small.aclose()
+
+
+@pytest.mark.slow
+async def test_the_context_starts_small_and_grows_once_a_request_needs_it() -> None:
+    provider = LocalProvider(LocalModelSettings(context=4096))
+    provider.load()
+    try:
+        engine = provider.engine
+        assert engine is not None
+        assert engine.context == engine_module.START_CONTEXT == 2048
+        short = contact(INPUTS[1])
+        before = await provider.complete(short)
+        assert len(engine.prefixes) == 1
+        filler = "Notes: " + "the meeting moved to Tuesday, room 4. " * 180  # ~1,800 tokens
+        long = contact(filler + INPUTS[0], static=False)
+        answer = await provider.complete(long)
+        assert answer.usage.prompt_tokens + long.max_tokens > 2048
+        assert engine.context == 4096
+        assert len(engine.prefixes) == 0  # made in the smaller context: dropped
+        Draft202012Validator(CONTACT.output_schema).validate(json.loads(answer.text))
+        assert (await provider.complete(short)).text == before.text
+    finally:
+        await provider.aclose()
