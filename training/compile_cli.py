@@ -233,9 +233,13 @@ def request_of(args: argparse.Namespace) -> CompileRequest:
         else CompileShadow(
             mode=args.live,
             share=args.share,
-            rule=PromotionRule(
+            rule=PromotionRule(  # without --min-field-agreement: the rule's own default
                 min_comparisons=args.min_comparisons,
-                min_field_agreement=args.min_field_agreement or 0.0,
+                **(
+                    {}
+                    if args.min_field_agreement is None
+                    else {"min_field_agreement": args.min_field_agreement}
+                ),
             ),
             agreement_margin=args.agreement_margin if args.min_field_agreement is None else None,
             wait_s=args.live_wait,

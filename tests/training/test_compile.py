@@ -672,3 +672,22 @@ def test_on_a_terminal_the_step_list_is_redrawn_in_place(monkeypatch: pytest.Mon
     assert second.splitlines()[3] == (
         "  [>] finetune  ftj-1 running  step 42/100  loss 0.0312  ETA 7m10s"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "agreement", "margin"),
+    [([], 0.9, 0.1), (["--min-field-agreement", "0.5"], 0.5, None)],
+)
+def test_the_cli_shadow_rule_keeps_the_rule_default_unless_given(
+    given: list[str], agreement: float, margin: float | None
+) -> None:
+    import argparse
+
+    from training.compile_cli import add_compile_action, request_of
+
+    parser = argparse.ArgumentParser()
+    add_compile_action(parser.add_subparsers())
+    args = parser.parse_args(["compile", "contact-extraction", "--shadow", *given])
+    shadow = request_of(args).shadow
+    assert shadow is not None
+    assert (shadow.rule.min_field_agreement, shadow.agreement_margin) == (agreement, margin)
