@@ -142,17 +142,22 @@ def test_loss_covers_the_answer_and_its_end_token_only() -> None:
     assert batch["labels"][0, len(short.input_ids) - 1] == end  # the end token keeps its label
 
 
-@pytest.mark.slow
-def test_the_answer_loss_is_the_models_own_loss() -> None:
-    tokenizer = load_tokenizer()
-    chats = [
+def ann_chats(*lengths: int) -> list[list[dict[str, str]]]:
+    """Tiny chats whose prompts are ``n`` words long."""
+    return [
         [
             {"role": "system", "content": "Task: t. Reply with JSON only."},
             {"role": "user", "content": "Ann " * n},
             {"role": "assistant", "content": '{"name":"Ann"}'},
         ]
-        for n in (1, 9)
+        for n in lengths
     ]
+
+
+@pytest.mark.slow
+def test_the_answer_loss_is_the_models_own_loss() -> None:
+    tokenizer = load_tokenizer()
+    chats = ann_chats(1, 9)
     batch = collate([encode(tokenizer, chat) for chat in chats], tokenizer.pad_token_id)
     model = lora_model(load_base_model(torch.device("cpu")), Knobs(lora_rank=2))
     with torch.no_grad():
@@ -162,14 +167,7 @@ def test_the_answer_loss_is_the_models_own_loss() -> None:
 @pytest.mark.slow
 def test_lora_on_the_top_layers_runs_them_alone_on_the_frozen_layers_output() -> None:
     tokenizer = load_tokenizer()
-    chats = [
-        [
-            {"role": "system", "content": "Task: t. Reply with JSON only."},
-            {"role": "user", "content": "Ann " * n},
-            {"role": "assistant", "content": '{"name":"Ann"}'},
-        ]
-        for n in (1, 9, 4)
-    ]
+    chats = ann_chats(1, 9, 4)
     examples = [encode(tokenizer, chat) for chat in chats]
     model = lora_model(load_base_model(torch.device("cpu")), Knobs(lora_rank=2, lora_layers=6))
 
