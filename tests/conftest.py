@@ -8,6 +8,7 @@ test names its tasks with ``unique_name``.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -23,6 +24,12 @@ from pydantic import SecretStr
 
 from tests.redis_server import RedisServer
 from tests.upstream import Upstream
+
+# Some tests press Ctrl-C on a child process. A suite started in the background of a
+# non-interactive shell inherits SIGINT ignored, and so would every child it starts (an ignored
+# signal survives exec): give them the default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
