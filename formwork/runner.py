@@ -360,6 +360,7 @@ class Runner:
                 timeout_s=max(min(route.timeout_s, run.remaining() + DEADLINE_MARGIN_S), 0.001),
                 static_messages=static,
                 brief=brief,
+                background=not run.recorded,
             )
             t0 = time.perf_counter()
             try:

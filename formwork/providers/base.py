@@ -28,6 +28,8 @@ class ChatRequest:
     # a re-ask after an answer cut off at max_tokens: an engine that narrows the schema for
     # its grammar offers the least it can (no optional property, one array item, short strings)
     brief: bool = False
+    # off the caller's path (a shadow comparison): an engine with a queue serves callers first
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)

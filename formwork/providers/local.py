@@ -11,7 +11,10 @@ llama.cpp's GGUF format at ``<adapters_dir>/<adapter>/adapter.gguf``, applied pe
 the one base model (``adapters.py``: loaded on first use, a bounded LRU, reloaded when replaced).
 
 One worker thread runs one generation at a time from a bounded queue of waiting requests; a full
-queue answers ``ProviderRateLimited``. Batching was measured on 2 cores (bench/local_model.md):
+queue answers ``ProviderRateLimited``. Callers' requests wait ahead of background ones (a shadow
+candidate's, ``ChatRequest.background``), and a full queue drops the newest background request
+to make room for a caller's; a background generation already running is not interrupted.
+Batching was measured on 2 cores (bench/local_model.md):
 prefill does not batch, so concurrent instructed requests finish on average no sooner; one at a
 time keeps per-request grammars, adapters, sampling and cancellation simple. A request's
 deadline or the cancellation of its caller stops its generation within one token; a request
@@ -257,14 +260,24 @@ class LocalProvider:
         return len(self._waiting)
 
     def _submit(self, job: Job) -> None:
+        """Queue ``job``: a caller's ahead of any background work waiting (shadow comparisons),
+        and a full queue makes room for a caller by dropping the newest background job."""
         with self._cond:
+            background = [j for j in self._waiting if j.request.background]
             if len(self._waiting) >= self._settings.queue_size:
-                retry = max(1.0, round((len(self._waiting) + 1) * self._job_s, 1))
-                raise ProviderRateLimited(
-                    f"the embedded model has {len(self._waiting)} requests waiting",
-                    retry_after=retry,
-                )
-            self._waiting.append(job)
+                if job.request.background or not background:
+                    retry = max(1.0, round((len(self._waiting) + 1) * self._job_s, 1))
+                    raise ProviderRateLimited(
+                        f"the embedded model has {len(self._waiting)} requests waiting",
+                        retry_after=retry,
+                    )
+                dropped = background.pop()
+                self._waiting.remove(dropped)
+                dropped.settle(ProviderRateLimited("dropped for a caller's request", retry_after=1))
+            if job.request.background or not background:
+                self._waiting.append(job)
+            else:
+                self._waiting.insert(self._waiting.index(background[0]), job)
             self._cond.notify()
 
     def _abandon(self, job: Job) -> None:

@@ -532,10 +532,24 @@ def test_the_task_page_shows_the_candidate_and_the_timeline(
 
 @pytest.mark.slow
 def test_the_embedded_model_shadows_a_route_and_is_promoted(
-    settings: Settings, upstream: Upstream, unique_name: str, tmp_path: Any
+    settings: Settings,
+    upstream: Upstream,
+    unique_name: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from formwork.config import LocalModelSettings
+    from formwork.providers.local import LocalProvider
     from service.app import create_app
+
+    background: list[bool] = []  # how each request reached the embedded model's queue
+    complete = LocalProvider.complete
+
+    async def recording(self: LocalProvider, request: Any) -> Any:
+        background.append(request.background)
+        return await complete(self, request)
+
+    monkeypatch.setattr(LocalProvider, "complete", recording)
 
     local = "local/smollm2-135m"
     settings.local = LocalModelSettings(adapters_dir=tmp_path / "adapters", max_tokens=64)
@@ -555,4 +569,5 @@ def test_the_embedded_model_shadows_a_route_and_is_promoted(
         assert figures["candidate"]["prompt_tokens_mean"] > 0
         answer = run(client, unique_name, "free money, click here")
         assert (answer["version"], answer["model"]) == (2, local)
+        assert background == [True, True, False]  # the shadow's two, then a caller's
         assert answer["output"]["label"] in ("spam", "ham")

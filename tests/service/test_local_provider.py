@@ -622,3 +622,32 @@ def test_grammars_are_compiled_once_per_schema() -> None:
     hits = compile_schema.cache_info().hits
     provider.schema_warnings(json.loads(json.dumps(schema)))
     assert compile_schema.cache_info().hits == hits + 1
+
+
+@pytest.mark.slow
+async def test_callers_wait_ahead_of_background_work_and_push_it_out_of_a_full_queue(
+    local: LocalProvider,
+) -> None:
+    def shadow(text: str) -> ChatRequest:
+        return dataclasses.replace(ask(text, max_tokens=2, timeout_s=60), background=True)
+
+    busy = asyncio.create_task(local.complete(ask("Numbers.", schema=ENDLESS, max_tokens=8000)))
+    await started(local, busy)
+    finished: list[str] = []
+
+    async def run(name: str, request: ChatRequest) -> None:
+        await local.complete(request)
+        finished.append(name)
+
+    first = asyncio.create_task(run("shadow 1", shadow("Hi.")))
+    await started(local, busy, waiting=1)
+    second = asyncio.create_task(run("shadow 2", shadow("Hello.")))
+    await started(local, busy, waiting=2)  # the queue (2) is full of background work
+    caller = asyncio.create_task(run("caller", ask("Hey.", max_tokens=2, timeout_s=60)))
+    await started(local, busy, waiting=2)  # room was made: the newest shadow request went
+    with pytest.raises(ProviderRateLimited, match="dropped for a caller's request"):
+        await second
+    busy.cancel()
+    await asyncio.gather(busy, return_exceptions=True)
+    await asyncio.gather(first, caller)
+    assert finished == ["caller", "shadow 1"]  # queued after shadow 1, served before it
