@@ -213,30 +213,39 @@ def measure(job: CalibrationJob) -> Calibration:
 
 def prefills(prompts: Sequence[Prompt], threads: int) -> dict[str, Any]:
     """Prefill seconds per request on the embedded engine, cold and with the static prefix
-    (every message before the input) cached; and the prompts' tokens."""
+    (every message before the input) cached; and the prompts' tokens. Each call goes through
+    the provider, on its worker thread, as the server makes it (a second thread calling
+    llama.cpp would get a second OpenMP thread team, which slows both)."""
     from formwork.config import LocalModelSettings
-    from formwork.providers.engine import Sampling
-    from formwork.providers.local import LocalProvider
+    from formwork.providers.base import ChatRequest
+    from formwork.providers.local import MODEL_ID, LocalProvider
 
     provider = LocalProvider(LocalModelSettings(threads=threads))
     provider.load()
-    engine = provider.engine
-    if engine is None:
-        return {}
+
+    def timed(messages: list[Any], static: int) -> tuple[float, int]:
+        request = ChatRequest(
+            model=MODEL_ID, messages=messages, max_tokens=1, timeout_s=600, static_messages=static
+        )
+        started = time.perf_counter()
+        answer = asyncio.run(provider.complete(request))
+        return time.perf_counter() - started, answer.usage.prompt_tokens
+
     measured: dict[str, list[float]] = {}
-    for prompt in prompts:
-        for kind, messages in (("instructed", prompt.instructed), ("finetuned", prompt.finetuned)):
-            tokens, static = engine.prompt(messages, len(messages) - 1)  # type: ignore[arg-type]
-            t0 = time.perf_counter()
-            engine.next_logits(tokens)
-            cold = time.perf_counter() - t0
-            engine.generate(tokens, static=static, adapter=None, sampling=Sampling(1))  # fills
-            t0 = time.perf_counter()
-            engine.generate(tokens, static=static, adapter=None, sampling=Sampling(1))
-            warm = time.perf_counter() - t0
-            measured.setdefault(f"prompt_tokens_{kind}", []).append(len(tokens))
-            measured.setdefault(f"prefill_{kind}_s", []).append(cold)
-            measured.setdefault(f"warm_{kind}_s", []).append(warm)
+    try:
+        for prompt in prompts:
+            for kind, messages in (
+                ("instructed", prompt.instructed),
+                ("finetuned", prompt.finetuned),
+            ):
+                cold, tokens = timed(list(messages), 0)
+                timed(list(messages), len(messages) - 1)  # fills the prefix cache
+                warm, _ = timed(list(messages), len(messages) - 1)
+                measured.setdefault(f"prompt_tokens_{kind}", []).append(tokens)
+                measured.setdefault(f"prefill_{kind}_s", []).append(cold)
+                measured.setdefault(f"warm_{kind}_s", []).append(warm)
+    finally:
+        asyncio.run(provider.aclose())
     return {name: round(statistics.mean(values), 4) for name, values in measured.items()}
 
 
