@@ -2,7 +2,10 @@
 thread set, a numpy decode loop with llguidance logits masks, per-request LoRA adapters and a
 cache of prefilled prompt prefixes.
 
-Not thread-safe: one thread (the provider's worker) owns an ``Engine`` from ``load`` on.
+Not thread-safe: one thread (the provider's worker) owns an ``Engine`` from ``load`` on. Keep it
+so for speed too: llama.cpp's threads are OpenMP's, a second calling thread gets a second thread
+team, and with more OpenMP threads than cores libgomp sleeps between the steps of a token
+(decoding 1.5x slower, bench/local_model.md).
 
 The weights are a Q8_0 copy of the shipped GGUF (``weights.py``).
 """
