@@ -225,7 +225,7 @@ class Candidates:
         """Start an off-path call unless the task's cap is reached (then count a drop)."""
         assert task.candidate is not None
         if self._in_flight[task.name] >= task.candidate.max_concurrency:
-            self._dropped(keys.candidate(task.name, task.version, task.candidate.route.model))
+            self.drop(task)
             return False
         self._in_flight[task.name] += 1
 
@@ -300,6 +300,12 @@ class Candidates:
             await self.rollout.promote(task, figures)
         else:
             await self.rollout.ready(task, figures)
+
+    def drop(self, task: TaskVersion) -> None:
+        """Count a comparison that was not made (the cap, or an engine that turned the
+        off-path call away to serve callers): it says nothing about the candidate."""
+        assert task.candidate is not None
+        self._dropped(keys.candidate(task.name, task.version, task.candidate.route.model))
 
     def _dropped(self, key: str) -> None:
         """Count a drop; one write per key at a time carries every drop counted meanwhile."""

@@ -247,6 +247,9 @@ class Runner:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.deadline_s):
                 output = await self.try_route(other, route, value)
+        if other.attempts and other.attempts[-1].outcome == "rate_limited":
+            candidates.drop(task)  # the engine's queue turned it away for callers: no verdict
+            return
         side = Side.of(other.attempts, output)
         if route.model == task.candidate.route.model:
             await candidates.record(task, side, known)

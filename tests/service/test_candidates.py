@@ -239,6 +239,20 @@ def test_shadow_drops_beyond_the_cap_and_counts_the_drops(
     assert upstream.calls("cand") == 1
 
 
+def test_a_shadow_call_turned_away_by_its_engine_is_a_drop_not_a_failure(
+    client: TestClient, upstream: Upstream, unique_name: str
+) -> None:
+    put(client, unique_name, with_candidate())
+    upstream.set_default("primary", GOOD)
+    upstream.script("cand", Reply(status=429, headers={"Retry-After": "1"}), GOOD)
+    for n in range(2):
+        assert run(client, unique_name, f"input {n}")["model"] == "up/primary"
+        settle(client)
+    figures = report(client, unique_name)["figures"]
+    assert (figures["comparisons"], figures["drops"]) == (1, 1)
+    assert figures["candidate"]["valid_rate"] == 1.0  # the refused call is not held against it
+
+
 def test_the_shadow_compares_a_failed_current_route_too(
     client: TestClient, upstream: Upstream, unique_name: str
 ) -> None:
