@@ -13,7 +13,9 @@ the one base model (``adapters.py``: loaded on first use, a bounded LRU, reloade
 One worker thread runs one generation at a time from a bounded queue of waiting requests; a full
 queue answers ``ProviderRateLimited``. Callers' requests wait ahead of background ones (a shadow
 candidate's, ``ChatRequest.background``), and a full queue drops the newest background request
-to make room for a caller's; a background generation already running is not interrupted.
+to make room for a caller's; a background generation running when a caller's request arrives
+stops within a token and waits its turn again (``PREEMPTIONS`` times at most, then it runs to its
+end, so that background work still advances under steady traffic).
 Batching was measured on 2 cores (bench/local_model.md):
 prefill does not batch, so concurrent instructed requests finish on average no sooner; one at a
 time keeps per-request grammars, adapters, sampling and cancellation simple. A request's
@@ -62,6 +64,7 @@ LOAD_WAIT_MARGIN_S = 0.5  # a request waiting for the load gives up this much be
 # after "16:9"), and the penalty turned its right digits and labels into wrong ones.
 REPETITION_PENALTY = 1.1
 JOIN_TIMEOUT_S = 10.0
+PREEMPTIONS = 2  # times a background generation yields to callers before it runs to its end
 ENGINE_PACKAGES = ("llama_cpp", "llguidance", "numpy", "jinja2")
 
 
@@ -103,9 +106,15 @@ class Job:
     deadline: float  # time.monotonic()
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    preempted: threading.Event = field(default_factory=threading.Event)  # a caller is waiting
+    preemptions: int = 0
+
+    def gone(self) -> bool:
+        """The caller has its answer elsewhere, has gone, or is past its deadline."""
+        return self.abandoned.is_set() or time.monotonic() >= self.deadline
 
     def should_stop(self) -> bool:
-        return self.abandoned.is_set() or time.monotonic() >= self.deadline
+        return self.gone() or self.preempted.is_set()
 
     def settle(self, outcome: ChatResult | ProviderError) -> None:
         """Hand the outcome to the caller's event loop (a no-op once the caller has gone)."""
@@ -278,6 +287,24 @@ class LocalProvider:
                 self._waiting.append(job)
             else:
                 self._waiting.insert(self._waiting.index(background[0]), job)
+            running = self._running
+            if (
+                not job.request.background
+                and running is not None
+                and running.request.background
+                and running.preemptions < PREEMPTIONS
+            ):
+                running.preempted.set()  # it yields within a token and waits its turn again
+            self._cond.notify()
+
+    def _requeue(self, job: Job) -> None:
+        """A preempted background job: back to the head of the background work waiting."""
+        with self._cond:
+            job.preempted.clear()
+            job.preemptions += 1
+            background = [j for j in self._waiting if j.request.background]
+            where = self._waiting.index(background[0]) if background else len(self._waiting)
+            self._waiting.insert(where, job)
             self._cond.notify()
 
     def _abandon(self, job: Job) -> None:
@@ -345,6 +372,9 @@ class LocalProvider:
         try:
             result = self._generate(job)
         except Cancelled:
+            if job.preempted.is_set() and not job.gone():
+                self._requeue(job)
+                return
             job.settle(ProviderTimeout("the embedded model's generation was stopped"))
         except ProviderError as e:
             job.settle(e)
@@ -383,7 +413,7 @@ class LocalProvider:
             raise Cancelled from None
         except (EngineError, AdapterError) as e:
             raise ProviderError(str(e)) from e
-        if job.should_stop():
+        if job.gone():  # a preemption after the last token changes nothing: the answer stands
             raise Cancelled
         return ChatResult(
             text=engine.detokenize(out.tokens),

@@ -18,8 +18,10 @@ pytest.importorskip("llguidance")
 from formwork.config import LocalModelSettings
 from formwork.prompts import instructed_messages
 from formwork.protocol import JsonSchema, TaskSpec
+from formwork.providers import local as local_module
 from formwork.providers.base import (
     ChatRequest,
+    ChatResult,
     ProviderError,
     ProviderRateLimited,
     ProviderTimeout,
@@ -651,3 +653,35 @@ async def test_callers_wait_ahead_of_background_work_and_push_it_out_of_a_full_q
     await asyncio.gather(busy, return_exceptions=True)
     await asyncio.gather(first, caller)
     assert finished == ["caller", "shadow 1"]  # queued after shadow 1, served before it
+
+
+@pytest.mark.slow
+async def test_a_running_background_generation_yields_to_callers_a_bounded_number_of_times(
+    local: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_module, "PREEMPTIONS", 1)
+    long = dataclasses.replace(
+        ask("Numbers.", schema=ENDLESS, max_tokens=150, timeout_s=120), background=True
+    )
+    finished: list[str] = []
+
+    async def run(name: str, request: ChatRequest) -> ChatResult:
+        result = await local.complete(request)
+        finished.append(name)
+        return result
+
+    before = local.generations
+    shadow = asyncio.create_task(run("shadow", long))
+    await started(local, shadow)
+    first = asyncio.create_task(run("caller 1", ask("Hi.", max_tokens=2, timeout_s=60)))
+    await first  # the shadow's generation stopped for it
+    for _ in range(2000):  # and started again (the third generation since ``before``)
+        if local.generations == before + 3 and local.waiting == 0:
+            break
+        await asyncio.sleep(0.005)
+    second = asyncio.create_task(run("caller 2", ask("Hey.", max_tokens=2, timeout_s=60)))
+    answer = await shadow  # preempted once already: it runs to its end this time
+    await second
+    assert finished == ["caller 1", "shadow", "caller 2"]
+    assert answer.usage.completion_tokens == 150
+    assert local.generations == before + 4  # the shadow's twice, each caller's once
