@@ -369,6 +369,8 @@ class Runner:
             try:
                 async with asyncio.timeout(route.timeout_s):  # the whole call, not each read
                     result = await provider.complete(request)
+                if request.background:  # off the caller's path: the model's own time only
+                    t0 += result.waited_s
             except TimeoutError:
                 message = f"{provider.name}: no answer within {route.timeout_s:g} s"
                 self._record(run, _attempt(route, "timeout", message, t0), n=n)

@@ -38,6 +38,9 @@ class ChatResult:
     finish_reason: str = "stop"  # stop | length | refusal | content_filter
     refusal: str | None = None
     usage: Usage = field(default_factory=Usage)
+    # how long the engine kept the request waiting before the generation that answered it (its
+    # queue, and for background work the callers served first): not the model's own time
+    waited_s: float = 0.0
 
 
 class ProviderError(Exception):

@@ -108,6 +108,8 @@ class Job:
     abandoned: threading.Event = field(default_factory=threading.Event)
     preempted: threading.Event = field(default_factory=threading.Event)  # a caller is waiting
     preemptions: int = 0
+    submitted: float = field(default_factory=time.monotonic)
+    started: float = 0.0  # when its (last) generation began
 
     def gone(self) -> bool:
         """The caller has its answer elsewhere, has gone, or is past its deadline."""
@@ -329,7 +331,7 @@ class LocalProvider:
             while (job := self._next()) is not None:
                 if job.should_stop():
                     continue  # withdrawn or expired while queued: never run
-                started = time.monotonic()
+                started = job.started = time.monotonic()
                 self.generations += 1
                 job.context.run(self._run, job)
                 self._running = None
@@ -419,4 +421,5 @@ class LocalProvider:
             text=engine.detokenize(out.tokens),
             finish_reason="stop" if out.stopped else "length",
             usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens)),
+            waited_s=max(job.started - job.submitted, 0.0),
         )

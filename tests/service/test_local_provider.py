@@ -684,4 +684,5 @@ async def test_a_running_background_generation_yields_to_callers_a_bounded_numbe
     await second
     assert finished == ["caller 1", "shadow", "caller 2"]
     assert answer.usage.completion_tokens == 150
+    assert answer.waited_s > 0  # its first generation and caller 1's time: not its own
     assert local.generations == before + 4  # the shadow's twice, each caller's once
