@@ -285,10 +285,10 @@ class LocalProvider:
                 dropped = background.pop()
                 self._waiting.remove(dropped)
                 dropped.settle(ProviderRateLimited("dropped for a caller's request", retry_after=1))
-            if job.request.background or not background:
+            if job.request.background:
                 self._waiting.append(job)
             else:
-                self._waiting.insert(self._waiting.index(background[0]), job)
+                self._waiting.insert(self._first_background(), job)
             running = self._running
             if (
                 not job.request.background
@@ -304,10 +304,15 @@ class LocalProvider:
         with self._cond:
             job.preempted.clear()
             job.preemptions += 1
-            background = [j for j in self._waiting if j.request.background]
-            where = self._waiting.index(background[0]) if background else len(self._waiting)
-            self._waiting.insert(where, job)
+            self._waiting.insert(self._first_background(), job)
             self._cond.notify()
+
+    def _first_background(self) -> int:
+        """Where the background work waiting begins (the end when there is none)."""
+        for i, waiting in enumerate(self._waiting):
+            if waiting.request.background:
+                return i
+        return len(self._waiting)
 
     def _abandon(self, job: Job) -> None:
         """The caller has its answer or has gone: stop the job, or drop it if still queued."""
