@@ -32,9 +32,8 @@ from .weights import Q8_0, quantized
 log = logging.getLogger(__name__)
 
 PIECE_BYTES = 256
-START_CONTEXT = (
-    2048  # tokens: the context the engine starts with, grown once when a request needs more
-)
+# tokens: the context the engine starts with, grown once when a request needs more
+START_CONTEXT = 2048
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type
 Logits = npt.NDArray[np.float32]
 
